@@ -1,0 +1,7 @@
+"""nnxopt: L-BFGS and every line-search optimizer of Optax, first-class in Flax NNX."""
+
+from ._optimizer import ModelAndOptimizer as ModelAndOptimizer
+from ._optimizer import Optimizer as Optimizer
+from ._status import Status as Status
+
+__version__ = "0.1.0.dev0"

@@ -1,0 +1,513 @@
+"""``nnxopt.Optimizer`` and ``nnxopt.ModelAndOptimizer``: the NNX side."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from ._cache import compiled, structural_key
+from ._objective import Objective, PyTree, split_model
+
+M = TypeVar("M")
+
+_EXTRA_ARGS = ("value", "grad", "value_fn", "obj_fn")
+_MISSING_ARG = re.compile(r"missing \d+ required keyword-only argument[s]?: (.*)")
+
+
+class Optimizer(nnx.Optimizer[M]):
+    """An ``nnx.Optimizer`` that also runs L-BFGS, line searches and every optax
+    transform that needs extra arguments.
+
+    A drop-in superset of :class:`flax.nnx.Optimizer`: ``update(model, grads)``
+    behaves exactly the same for first-order transforms. Two things are added:
+
+    - ``update(model, grads, value=..., value_fn=...)``: ``value_fn`` (and
+      ``obj_fn``) take the **model**, as with ``nnx.grad``; nnxopt builds the
+      function of raw parameters itself, merging in the non-``wrt`` state so that
+      ``wrt`` subsets such as ``nnx.LoRAParam`` work.
+    - ``minimize_step(model, loss_fn, *args)``: one complete iteration. It computes
+      the loss and its gradient, supplies every extra argument the transform may
+      need, reuses the value and gradient a line search already computed at the
+      accepted point, applies the update and returns the loss.
+
+    Non-finite updates never enter the model: if the new parameters are not all
+    finite, parameters and optimizer state keep their previous values and
+    ``step`` does not advance.
+
+    Args:
+        model: the NNX module to optimize.
+        tx: any optax ``GradientTransformation`` or
+            ``GradientTransformationExtraArgs`` (adam, ``optax.lbfgs()``,
+            ``nnxopt.lbfgs()``, sgd chained with a line search, polyak_sgd,
+            ``contrib.reduce_on_plateau``, ``contrib.sophia``, ...).
+        wrt: NNX filter of the Variables to optimize (default ``nnx.Param``).
+        graph: NNX graph mode (``True``), tree mode (``False``, faster) or the
+            context's default (``None``).
+
+    Raises:
+        TypeError: if ``tx`` is not an optax transform.
+
+    Example:
+        >>> import jax.numpy as jnp, optax
+        >>> from flax import nnx
+        >>> import nnxopt
+        >>> model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+        >>> x, y = jnp.ones((8, 2)), jnp.full((8, 1), 3.0)
+        >>> def loss_fn(model):
+        ...     return jnp.mean((model(x) - y) ** 2)
+        >>> opt = nnxopt.Optimizer(model, optax.lbfgs(), wrt=nnx.Param)
+        >>> for _ in range(5):
+        ...     loss = opt.minimize_step(model, loss_fn)
+        >>> bool(loss_fn(model) < 1e-8)
+        True
+    """
+
+    def __init__(
+        self,
+        model: M,
+        tx: optax.GradientTransformation,
+        *,
+        wrt: Any = nnx.Param,
+        graph: bool | None = None,
+    ):
+        if not isinstance(tx, optax.GradientTransformation):
+            raise TypeError(
+                f"nnxopt.Optimizer: tx must be an optax GradientTransformation "
+                f"(e.g. optax.adam(1e-3) or nnxopt.lbfgs()); got {tx!r}."
+            )
+        split_model(model, wrt, graph, "nnxopt.Optimizer")  # validate wrt early
+        super().__init__(model, tx, wrt=wrt, graph=graph)
+        params = nnx.as_pure(nnx.state(model, wrt, graph=graph))
+        stable = stable_init_state(tx, params, nnx.as_pure(self.opt_state))
+        nnx.update(self.opt_state, nnx.state(stable, graph=graph))
+
+    def update(  # type: ignore[override]
+        self,
+        model: M,
+        grads: Any,
+        /,
+        *,
+        value: Any = None,
+        grad: Any = None,
+        value_fn: Callable[[M], Any] | None = None,
+        **extra: Any,
+    ) -> optax.Updates:
+        """Update the parameters of ``model`` from ``grads``.
+
+        Args:
+            model: the module being optimized (the one the optimizer was built for).
+            grads: the gradients, as returned by ``nnx.grad`` (a State of the
+                ``wrt`` Variables) or a pure pytree of the same structure.
+            value: the loss at the current parameters (for line searches,
+                ``polyak_sgd``, ``reduce_on_plateau``).
+            grad: the gradient to pass as the ``grad`` extra argument; defaults to
+                ``grads``.
+            value_fn: ``value_fn(model) -> loss``, a function of the **model**.
+                nnxopt evaluates it on a copy with trial parameters, so line-search
+                trials never write the model's other state.
+            **extra: further keyword arguments for ``tx.update``. An ``obj_fn``
+                given here is also a function of the model.
+
+        Returns:
+            The updates applied, shaped like the ``wrt`` parameters.
+
+        Raises:
+            TypeError: if ``tx`` needs an extra argument that was not given, or
+                ``grads`` does not match the ``wrt`` parameters.
+        """
+        call = f"{type(self).__name__}.update"
+        graphdef, params, rest = split_model(model, self.wrt, self.graph, call)
+        grad_arrays = _pure_grads(grads, params, self.wrt, self.graph, call)
+        objective = Objective(graphdef, self.wrt, _unused, graph=self.graph, call=call)
+        kwargs: dict[str, Any] = dict(extra)
+        if value is not None:
+            kwargs["value"] = value
+        if value is not None or grad is not None or value_fn is not None:
+            kwargs["grad"] = grad_arrays if grad is None else _pure_grads(
+                grad, params, self.wrt, self.graph, call
+            )
+        if value_fn is not None:
+            kwargs["value_fn"] = _param_fn(value_fn, objective, rest, "value_fn", call)
+        if extra.get("obj_fn") is not None:
+            kwargs["obj_fn"] = _param_fn(extra["obj_fn"], objective, rest, "obj_fn", call)
+        if not isinstance(self.tx, optax.GradientTransformationExtraArgs):
+            kwargs = {}  # plain transforms take no extra arguments: ignore them
+        opt_state = nnx.as_pure(self.opt_state)
+        with _explain_missing_args(call):
+            updates, new_state = self.tx.update(
+                grad_arrays, opt_state, params, **nnx.as_pure(kwargs)
+            )
+        new_params = optax.apply_updates(params, updates)
+        ok = _all_finite(new_params)
+        new_params = _select(ok, new_params, params)
+        new_state = _select(ok, new_state, opt_state)
+        nnx.update(model, new_params)
+        nnx.update(self.opt_state, nnx.state(new_state, graph=self.graph))
+        self.step[...] += ok.astype(self.step.dtype)
+        return updates
+
+    def minimize_step(
+        self, model: M, loss_fn: Callable[..., Any], *args: Any, has_aux: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """Run one full optimizer iteration on ``loss_fn(model, *args, **kwargs)``.
+
+        Evaluates the loss and its gradient with respect to ``wrt``, supplies
+        ``value``, ``grad``, ``value_fn`` and ``obj_fn`` to the transform, applies
+        the update and commits the model's other state once.
+
+        - Evaluations: when the transform's state stores the ``value`` and
+          ``grad`` of its accepted point (L-BFGS, line searches), they are reused
+          at the next call, so an L-BFGS iteration costs exactly its line-search
+          evaluations. This assumes the objective is the same from call to call
+          (full batch), as any line search does.
+        - Non-trainable state (see the state-policy guide): line-search trials
+          evaluate copies of the model on one snapshot of the non-``wrt`` state,
+          so they never write it and all see the same RNG keys. If ``loss_fn``
+          writes state (BatchNorm statistics, RNG counters), the loss and gradient
+          are evaluated at the current parameters at the start of the iteration
+          and the state that evaluation writes is committed, exactly once, as in
+          an ordinary ``nnx.value_and_grad`` + ``update`` training step.
+
+        The step runs compiled (cached per transform structure, loss function and
+        shapes), with or without an enclosing ``nnx.jit`` / ``jax.jit``.
+
+        Args:
+            model: the module being optimized.
+            loss_fn: ``loss_fn(model, *args, **kwargs)`` returning a scalar, or
+                ``(scalar, aux)`` with ``has_aux=True``.
+            *args: positional arguments of ``loss_fn`` (arrays are traced; other
+                values are static and must be hashable).
+            has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
+            **kwargs: keyword arguments of ``loss_fn``.
+
+        Returns:
+            The loss at the parameters before the step, or ``(loss, aux)``.
+
+        Raises:
+            TypeError, ValueError: if ``loss_fn`` does not return a floating scalar
+                (or a pair with ``has_aux``), or ``wrt`` selects nothing
+                differentiable.
+        """
+        call = f"{type(self).__name__}.minimize_step"
+        if not callable(loss_fn):
+            raise TypeError(f"{call}: loss_fn must be callable; got {loss_fn!r}.")
+        graphdef, params, rest = split_model(model, self.wrt, self.graph, call)
+        objective = Objective(graphdef, self.wrt, loss_fn, has_aux, self.graph, call)
+        dynamic, static = _partition((args, kwargs))
+        step = compiled(
+            ("minimize_step", structural_key(self.tx), objective, static),
+            lambda: jax.jit(functools.partial(_step, self.tx, objective, static)),
+        )
+        opt_state = nnx.as_pure(self.opt_state)
+        new_params, new_rest, new_state, loss, aux, ok = step(
+            params, rest, opt_state, dynamic
+        )
+        nnx.update(model, new_params, new_rest)
+        nnx.update(self.opt_state, nnx.state(new_state, graph=self.graph))
+        self.step[...] += ok.astype(self.step.dtype)
+        return (loss, aux) if has_aux else loss
+
+
+class ModelAndOptimizer(Optimizer[M]):
+    """An :class:`Optimizer` that holds its model: ``update(grads, ...)``.
+
+    Example:
+        >>> import jax.numpy as jnp, optax
+        >>> from flax import nnx
+        >>> import nnxopt
+        >>> model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+        >>> loss_fn = lambda m: jnp.mean((m(jnp.ones((4, 2))) - 1.0) ** 2)
+        >>> opt = nnxopt.ModelAndOptimizer(model, optax.lbfgs())
+        >>> @nnx.jit
+        ... def train_step(opt):
+        ...     loss, grads = nnx.value_and_grad(loss_fn)(opt.model)
+        ...     opt.update(grads, value=loss, value_fn=loss_fn)
+        ...     return loss
+        >>> losses = [float(train_step(opt)) for _ in range(4)]
+        >>> bool(losses[-1] < 1e-6 * losses[0])
+        True
+    """
+
+    def __init__(
+        self,
+        model: M,
+        tx: optax.GradientTransformation,
+        *,
+        wrt: Any = nnx.Param,
+        graph: bool | None = None,
+    ):
+        super().__init__(model, tx, wrt=wrt, graph=graph)
+        self.model = model
+
+    def update(self, grads: Any, /, **kwargs: Any) -> optax.Updates:  # type: ignore[override]
+        """Update the held model from ``grads``; see :meth:`Optimizer.update`."""
+        return super().update(self.model, grads, **kwargs)
+
+    def minimize_step(  # type: ignore[override]
+        self, loss_fn: Callable[..., Any], *args: Any, has_aux: bool = False,
+        **kwargs: Any,
+    ) -> Any:
+        """One iteration on the held model; see :meth:`Optimizer.minimize_step`."""
+        return super().minimize_step(
+            self.model, loss_fn, *args, has_aux=has_aux, **kwargs
+        )
+
+
+# ---------------------------------------------------------------------------
+# The compiled step: pure functions of pytrees.
+
+
+def _step(
+    tx: optax.GradientTransformation,
+    objective: Objective,
+    static: Any,
+    params: PyTree,
+    rest: PyTree,
+    opt_state: PyTree,
+    dynamic: list,
+) -> tuple:
+    args, kwargs = _combine(dynamic, static)
+    stored = _stored_value_and_grad(opt_state, params)
+    stateless = not objective.writes_state(params, rest, args, kwargs)
+    if stored is not None and stateless and not objective.has_aux:
+        value, grad = jax.lax.cond(
+            jnp.isfinite(stored[0]),
+            lambda: stored,
+            lambda: jax.value_and_grad(objective.value_fn(rest, args, kwargs))(params),
+        )
+        aux, new_rest = None, rest
+    else:
+        (value, (aux, new_rest)), grad = objective.value_and_grad(
+            params, rest, args, kwargs
+        )
+    fn = objective.value_fn(rest, args, kwargs)
+    every = dict(value=value, grad=grad, value_fn=fn, obj_fn=fn)
+    names = accepted_extra_args(tx, params, opt_state)
+    extra = {k: every[k] for k in names}
+    with _explain_missing_args(objective.call):
+        updates, new_state = tx.update(grad, opt_state, params, **extra)
+    new_params = optax.apply_updates(params, updates)
+    ok = _all_finite(new_params)
+    return (
+        _select(ok, new_params, params),
+        _select(ok, new_rest, rest),
+        _select(ok, new_state, opt_state),
+        value,
+        aux,
+        ok,
+    )
+
+
+def _stored_value_and_grad(opt_state: PyTree, params: PyTree) -> tuple | None:
+    """The (value, grad) a line search stored in ``opt_state``, if exactly one."""
+    try:
+        value = optax.tree.get(opt_state, "value")
+        grad = optax.tree.get(opt_state, "grad")
+    except (KeyError, ValueError):
+        return None
+    if value is None or grad is None or jnp.shape(value) != ():
+        return None
+    if jax.tree.structure(grad) != jax.tree.structure(params):
+        return None
+    return jnp.asarray(value), grad
+
+
+def accepted_extra_args(
+    tx: optax.GradientTransformation, params: PyTree, state: PyTree
+) -> tuple[str, ...]:
+    """The extra arguments (``value``, ``grad``, ``value_fn``, ``obj_fn``) to pass.
+
+    optax's line searches forward unknown keywords to ``value_fn`` and reject
+    ``obj_fn``, while ``contrib.sophia`` needs it: the answer is found once per
+    transform structure by tracing ``tx.update`` abstractly with each candidate set.
+    """
+    if not isinstance(tx, optax.GradientTransformationExtraArgs):
+        return ()
+    return compiled(
+        ("extra_args", structural_key(tx), jax.tree.structure(params)),
+        lambda: _probe_extra_args(tx, params, state),
+    )
+
+
+def _probe_extra_args(
+    tx: optax.GradientTransformation, params: PyTree, state: PyTree
+) -> tuple[str, ...]:
+    candidates = (_EXTRA_ARGS, ("value", "grad", "value_fn"))
+    for names in candidates:
+        try:
+            jax.eval_shape(lambda p, s, n=names: _abstract_update(tx, p, s, n), params, state)
+        except TypeError:
+            continue
+        return names
+    return candidates[0]  # let the real call raise its own error
+
+
+def _zero_fn(params: PyTree) -> jax.Array:
+    return sum((jnp.sum(x) for x in jax.tree.leaves(params)), jnp.zeros(()))
+
+
+def _abstract_update(
+    tx: optax.GradientTransformation, params: PyTree, state: PyTree, names: tuple
+) -> PyTree:
+    value = jnp.zeros((), jnp.result_type(jax.tree.leaves(params)[0]))
+    every = dict(value=value, grad=params, value_fn=_zero_fn, obj_fn=_zero_fn)
+    return tx.update(params, state, params, **{k: every[k] for k in names})[1]
+
+
+def stable_init_state(
+    tx: optax.GradientTransformation, params: PyTree, state: PyTree
+) -> PyTree:
+    """Give ``tx.init``'s state the exact dtypes ``tx.update`` returns.
+
+    ``optax.lbfgs().init`` returns weakly typed fields that the first update makes
+    strong, so a jitted step would compile twice. The update's output types are
+    found abstractly (``jax.eval_shape``, nothing runs) and the state cast to them.
+    """
+
+    names = accepted_extra_args(tx, params, state)
+    try:
+        out = jax.eval_shape(lambda: _abstract_update(tx, params, state, names))
+    except Exception:  # an unusual transform: fall back to strong types only
+        out = None
+    if out is not None and jax.tree.structure(out) == jax.tree.structure(state):
+        return jax.tree.map(
+            lambda x, o: jnp.asarray(x, dtype=o.dtype)
+            if isinstance(x, jax.Array | float | int) and hasattr(o, "dtype")
+            else x,
+            state,
+            out,
+        )
+    return jax.tree.map(
+        lambda x: jnp.asarray(x, dtype=x.dtype)
+        if isinstance(x, jax.Array) and x.weak_type
+        else x,
+        state,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Helpers.
+
+
+def _unused(model: Any) -> Any:  # placeholder loss for update()'s Objective
+    raise AssertionError("not called")
+
+
+def _param_fn(
+    fn: Callable[[Any], Any], objective: Objective, rest: PyTree, name: str, call: str
+) -> Callable[[PyTree], Any]:
+    if not callable(fn):
+        raise TypeError(
+            f"{call}: {name} must be a function of the model, "
+            f"`{name}(model) -> loss`; got {fn!r}."
+        )
+
+    def param_level(params: PyTree) -> Any:
+        return fn(objective.merge(params, rest))
+
+    return param_level
+
+
+def _pure_grads(grads: Any, params: PyTree, wrt: Any, graph: Any, call: str) -> PyTree:
+    has_variables = any(
+        isinstance(x, nnx.Variable)
+        for x in jax.tree.leaves(grads, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    )
+    if isinstance(grads, nnx.Module):
+        raise TypeError(
+            f"{call}: grads must be gradients (the State returned by nnx.grad), "
+            f"not a module ({type(grads).__name__}). Compute them with "
+            "`nnx.grad(loss_fn)(model)`."
+        )
+    if has_variables:
+        grads = nnx.as_pure(nnx.state(grads, wrt, graph=graph))
+    want, got = jax.tree.structure(params), jax.tree.structure(grads)
+    shapes_ok = want == got and all(
+        jnp.shape(g) == jnp.shape(p)
+        for g, p in zip(jax.tree.leaves(grads), jax.tree.leaves(params))
+    )
+    if not shapes_ok:
+        raise TypeError(
+            f"{call}: grads do not match the parameters selected by wrt={wrt!r}. "
+            f"Expected {_tree_summary(params)}; received {_tree_summary(grads)}. "
+            "Differentiate with respect to the same filter, e.g. "
+            "`nnx.grad(loss_fn, argnums=nnx.DiffState(0, wrt))(model)`."
+        )
+    return grads
+
+
+def _tree_summary(tree: Any, limit: int = 6) -> str:
+    items = [
+        "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+        + f": {jnp.shape(leaf)}"
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    ]
+    more = f", ... ({len(items)} leaves)" if len(items) > limit else ""
+    return "{" + ", ".join(items[:limit]) + more + "}"
+
+
+class _explain_missing_args:
+    """Turn optax's "missing keyword-only argument" into our own error."""
+
+    def __init__(self, call: str):
+        self.call = call
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, err: Any, tb: Any) -> bool:
+        if kind is TypeError and (m := _MISSING_ARG.search(str(err))):
+            names = re.findall(r"'(\w+)'", m.group(1))
+            if any(n in _EXTRA_ARGS for n in names):
+                missing = ", ".join(repr(n) for n in names)
+                raise TypeError(
+                    f"{self.call}: the optax transform needs the extra argument(s) "
+                    f"{missing}, which were not given. Line searches and L-BFGS need "
+                    "value=, grad= and value_fn= (value_fn takes the model). Call "
+                    "`optimizer.minimize_step(model, loss_fn)`, which supplies them "
+                    "all, or pass them to update()."
+                ) from err
+        return False
+
+
+def _all_finite(tree: PyTree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _select(ok: jax.Array, new: PyTree, old: PyTree) -> PyTree:
+    if jax.tree.structure(new) != jax.tree.structure(old):
+        return new
+    return jax.tree.map(
+        lambda n, o: jnp.where(ok, n, o) if hasattr(n, "dtype") else n, new, old
+    )
+
+
+def _is_dynamic(x: Any) -> bool:
+    return isinstance(x, jax.Array | jax.ShapeDtypeStruct) or (
+        hasattr(x, "__array__") and hasattr(x, "dtype")
+    )
+
+
+def _partition(tree: Any) -> tuple[list, Any]:
+    """Split a pytree's leaves into arrays (traced) and the rest (static)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    dynamic = [x for x in leaves if _is_dynamic(x)]
+    static = tuple(None if _is_dynamic(x) else x for x in leaves)
+    mask = tuple(_is_dynamic(x) for x in leaves)
+    return dynamic, (treedef, static, mask)
+
+
+def _combine(dynamic: list, static: Any) -> Any:
+    treedef, consts, mask = static
+    it = iter(dynamic)
+    leaves = [next(it) if m else c for c, m in zip(consts, mask)]
+    return jax.tree.unflatten(treedef, leaves)
