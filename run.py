@@ -37,8 +37,16 @@ def _ensure_env(extras: str) -> None:
         return
     print(f"run.py: installing nnxopt[{extras}] into {VENV}", flush=True)
     subprocess.run(
-        [str(PY), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-         "-e", f"{ROOT}[{extras}]"],
+        [
+            str(PY),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "-e",
+            f"{ROOT}[{extras}]",
+        ],
         check=True,
     )
     stamp.touch()
@@ -66,8 +74,17 @@ def main(argv: list[str]) -> int:
     _ensure_env("dev")
     for cmd in (
         (str(PY), "-m", "ruff", "check", "src", "tests", "benchmarks", "examples"),
-        (str(PY), "-m", "ruff", "format", "--check", "src", "tests", "benchmarks",
-         "examples"),
+        (
+            str(PY),
+            "-m",
+            "ruff",
+            "format",
+            "--check",
+            "src",
+            "tests",
+            "benchmarks",
+            "examples",
+        ),
         (str(PY), "-m", "mypy", "src"),
     ):
         if code := _run(*cmd):

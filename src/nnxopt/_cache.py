@@ -63,11 +63,17 @@ def structural_key(obj: Any, _depth: int = 0) -> Hashable:
         )
         defaults = tuple(structural_key(v, d) for v in (obj.__defaults__ or ()))
         kwdefaults = tuple(
-            sorted((k, structural_key(v, d)) for k, v in (obj.__kwdefaults__ or {}).items())
+            sorted(
+                (k, structural_key(v, d)) for k, v in (obj.__kwdefaults__ or {}).items()
+            )
         )
         return ("fn", obj.__code__, cells, defaults, kwdefaults)
     if isinstance(obj, types.MethodType):
-        return ("method", structural_key(obj.__func__, d), structural_key(obj.__self__, d))
+        return (
+            "method",
+            structural_key(obj.__func__, d),
+            structural_key(obj.__self__, d),
+        )
     if isinstance(obj, tuple | list):
         return (type(obj).__name__, tuple(structural_key(x, d) for x in obj))
     if isinstance(obj, dict):

@@ -58,14 +58,17 @@ class Objective:
         model = self.merge(params, rest)
         out = self.loss_fn(model, *args, **(kwargs or {}))
         loss, aux = self._unpack(out)
-        _, _, new_rest = nnx.split(model, self.wrt, ..., graph=self.graph)
+        _, _, *others = nnx.split(model, self.wrt, ..., graph=self.graph)
+        new_rest = others[0]
         return loss, (aux, nnx.as_pure(new_rest))
 
     def value_and_grad(
         self, params: PyTree, rest: PyTree, args: tuple = (), kwargs: dict | None = None
     ) -> tuple[tuple[jax.Array, tuple[Any, PyTree]], PyTree]:
         """Return ``((loss, (aux, new_rest)), grad)`` with ``grad`` shaped like ``params``."""
-        return jax.value_and_grad(self.evaluate, has_aux=True)(params, rest, args, kwargs)
+        return jax.value_and_grad(self.evaluate, has_aux=True)(
+            params, rest, args, kwargs
+        )
 
     def value_fn(
         self, rest: PyTree, args: tuple = (), kwargs: dict | None = None
@@ -143,7 +146,8 @@ def split_model(
             f"{call}: model must be a flax.nnx Module; got {type(model).__name__!r}. "
             "Pass the nnx.Module whose Variables you want to optimize."
         )
-    graphdef, params, rest = nnx.split(model, wrt, ..., graph=graph)
+    graphdef, params, *others = nnx.split(model, wrt, ..., graph=graph)
+    rest = others[0]
     params, rest = nnx.as_pure(params), nnx.as_pure(rest)
     leaves = jax.tree.leaves(params)
     if not leaves:

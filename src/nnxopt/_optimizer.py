@@ -130,13 +130,17 @@ class Optimizer(nnx.Optimizer[M]):
         if value is not None:
             kwargs["value"] = value
         if value is not None or grad is not None or value_fn is not None:
-            kwargs["grad"] = grad_arrays if grad is None else _pure_grads(
-                grad, params, self.wrt, self.graph, call
+            kwargs["grad"] = (
+                grad_arrays
+                if grad is None
+                else _pure_grads(grad, params, self.wrt, self.graph, call)
             )
         if value_fn is not None:
             kwargs["value_fn"] = _param_fn(value_fn, objective, rest, "value_fn", call)
         if extra.get("obj_fn") is not None:
-            kwargs["obj_fn"] = _param_fn(extra["obj_fn"], objective, rest, "obj_fn", call)
+            kwargs["obj_fn"] = _param_fn(
+                extra["obj_fn"], objective, rest, "obj_fn", call
+            )
         if not isinstance(self.tx, optax.GradientTransformationExtraArgs):
             kwargs = {}  # plain transforms take no extra arguments: ignore them
         opt_state = nnx.as_pure(self.opt_state)
@@ -154,7 +158,11 @@ class Optimizer(nnx.Optimizer[M]):
         return updates
 
     def minimize_step(
-        self, model: M, loss_fn: Callable[..., Any], *args: Any, has_aux: bool = False,
+        self,
+        model: M,
+        loss_fn: Callable[..., Any],
+        *args: Any,
+        has_aux: bool = False,
         **kwargs: Any,
     ) -> Any:
         """Run one full optimizer iteration on ``loss_fn(model, *args, **kwargs)``.
@@ -252,7 +260,10 @@ class ModelAndOptimizer(Optimizer[M]):
         return super().update(self.model, grads, **kwargs)
 
     def minimize_step(  # type: ignore[override]
-        self, loss_fn: Callable[..., Any], *args: Any, has_aux: bool = False,
+        self,
+        loss_fn: Callable[..., Any],
+        *args: Any,
+        has_aux: bool = False,
         **kwargs: Any,
     ) -> Any:
         """One iteration on the held model; see :meth:`Optimizer.minimize_step`."""
@@ -343,7 +354,9 @@ def _probe_extra_args(
     candidates = (_EXTRA_ARGS, ("value", "grad", "value_fn"))
     for names in candidates:
         try:
-            jax.eval_shape(lambda p, s, n=names: _abstract_update(tx, p, s, n), params, state)
+            jax.eval_shape(
+                lambda p, s, n=names: _abstract_update(tx, p, s, n), params, state
+            )
         except TypeError:
             continue
         return names
@@ -379,16 +392,20 @@ def stable_init_state(
         out = None
     if out is not None and jax.tree.structure(out) == jax.tree.structure(state):
         return jax.tree.map(
-            lambda x, o: jnp.asarray(x, dtype=o.dtype)
-            if isinstance(x, jax.Array | float | int) and hasattr(o, "dtype")
-            else x,
+            lambda x, o: (
+                jnp.asarray(x, dtype=o.dtype)
+                if isinstance(x, jax.Array | float | int) and hasattr(o, "dtype")
+                else x
+            ),
             state,
             out,
         )
     return jax.tree.map(
-        lambda x: jnp.asarray(x, dtype=x.dtype)
-        if isinstance(x, jax.Array) and x.weak_type
-        else x,
+        lambda x: (
+            jnp.asarray(x, dtype=x.dtype)
+            if isinstance(x, jax.Array) and x.weak_type
+            else x
+        ),
         state,
     )
 
@@ -463,7 +480,7 @@ class _explain_missing_args:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: Any, err: Any, tb: Any) -> bool:
+    def __exit__(self, kind: Any, err: Any, tb: Any) -> None:
         if kind is TypeError and (m := _MISSING_ARG.search(str(err))):
             names = re.findall(r"'(\w+)'", m.group(1))
             if any(n in _EXTRA_ARGS for n in names):
@@ -475,7 +492,6 @@ class _explain_missing_args:
                     "`optimizer.minimize_step(model, loss_fn)`, which supplies them "
                     "all, or pass them to update()."
                 ) from err
-        return False
 
 
 def _all_finite(tree: PyTree) -> jax.Array:

@@ -1,0 +1,521 @@
+"""nnxopt.Optimizer against nnx.Optimizer and hand-written optax loops."""
+
+from __future__ import annotations
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import nnxopt
+
+RTOL64 = 1e-10  # step-for-step agreement in float64 (round-off only)
+RTOL32 = 1e-5
+
+X64 = jnp.linspace(-1.0, 1.0, 16, dtype=jnp.float64)[:, None] * jnp.ones((1, 2))
+Y64 = jnp.sin(3.0 * X64[:, :1]) + X64[:, 1:] ** 2
+
+
+class MLP(nnx.Module):
+    """Tiny 2-8-1 tanh network; dtype chosen by the test."""
+
+    def __init__(self, dtype=jnp.float64, seed=0):
+        rngs = nnx.Rngs(seed)
+        self.l1 = nnx.Linear(2, 8, param_dtype=dtype, dtype=dtype, rngs=rngs)
+        self.l2 = nnx.Linear(8, 1, param_dtype=dtype, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x):
+        return self.l2(jnp.tanh(self.l1(x)))
+
+
+def mse(model, x=X64, y=Y64):
+    return jnp.mean((model(x) - y) ** 2)
+
+
+def raw_mse(p, x=X64, y=Y64):
+    """The same network written by hand on a dict of arrays (the reference)."""
+    h = jnp.tanh(x @ p["w1"] + p["b1"])
+    return jnp.mean((h @ p["w2"] + p["b2"] - y) ** 2)
+
+
+def raw_params(model):
+    return {
+        "w1": model.l1.kernel[...],
+        "b1": model.l1.bias[...],
+        "w2": model.l2.kernel[...],
+        "b2": model.l2.bias[...],
+    }
+
+
+def assert_tree_close(a, b, rtol):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=rtol)
+
+
+class Counter:
+    """Counts evaluations of a traced function at run time (host callback)."""
+
+    def __init__(self):
+        self.n = 0
+
+    def tick(self, value):
+        jax.debug.callback(self._inc, value)
+        return value
+
+    def _inc(self, _):
+        self.n += 1
+
+    def read(self):
+        jax.effects_barrier()
+        return self.n
+
+
+# -- minimize_step against the hand-written optax L-BFGS loop ----------------
+
+
+def hand_written_lbfgs(params, steps, counter):
+    tx = optax.lbfgs()
+
+    def fn(p):
+        return counter.tick(raw_mse(p))
+
+    value_and_grad = optax.value_and_grad_from_state(fn)
+
+    @jax.jit
+    def step(p, state):
+        value, grad = value_and_grad(p, state=state)
+        updates, state = tx.update(grad, state, p, value=value, grad=grad, value_fn=fn)
+        return optax.apply_updates(p, updates), state
+
+    state = tx.init(params)
+    trajectory = []
+    for _ in range(steps):
+        params, state = step(params, state)
+        trajectory.append(params)
+    return trajectory
+
+
+@pytest.mark.parametrize("wrapper", ["none", "nnx.jit", "jax.jit"])
+def test_minimize_step_matches_hand_written_lbfgs(wrapper):
+    steps = 12
+    ref_counter, counter = Counter(), Counter()
+    model = MLP()
+    reference = hand_written_lbfgs(raw_params(model), steps, ref_counter)
+
+    def loss_fn(m):
+        return counter.tick(mse(m))
+
+    opt = nnxopt.Optimizer(model, optax.lbfgs(), wrt=nnx.Param)
+    if wrapper == "none":
+
+        def run():
+            opt.minimize_step(model, loss_fn)
+    elif wrapper == "nnx.jit":
+        step = nnx.jit(lambda m, o: o.minimize_step(m, loss_fn))
+
+        def run():
+            step(model, opt)
+    else:
+        graphdef, state = nnx.split((model, opt))
+
+        @jax.jit
+        def pure_step(state):
+            m, o = nnx.merge(graphdef, state)
+            o.minimize_step(m, loss_fn)
+            return nnx.state((m, o))
+
+        def run():
+            nonlocal state
+            state = pure_step(state)
+            nnx.update((model, opt), state)
+
+    for k in range(steps):
+        run()
+        assert_tree_close(raw_params(model), reference[k], RTOL64)
+    assert counter.read() == ref_counter.read()
+    # L-BFGS did work: the loss fell by orders of magnitude (sanity, not the test)
+    assert float(mse(model)) < 0.1 * float(raw_mse(raw_params(MLP())))
+
+
+def test_minimize_step_iteration_costs_exactly_its_line_search_evaluations():
+    counter = Counter()
+    model = MLP()
+
+    def loss_fn(m):
+        return counter.tick(mse(m))
+
+    opt = nnxopt.Optimizer(model, optax.lbfgs(), wrt=nnx.Param)
+    opt.minimize_step(model, loss_fn)  # first call: 1 evaluation + line search
+    for _ in range(5):
+        before = counter.read()
+        opt.minimize_step(model, loss_fn)
+        state = opt.opt_state[-1]  # the zoom line search's state
+        used = int(state.info.num_linesearch_steps[...])
+        assert counter.read() - before == used
+
+
+# -- update(): identical to nnx.Optimizer for first-order transforms ---------
+
+
+@pytest.mark.parametrize("graph", [True, False])
+@pytest.mark.parametrize(
+    "make_tx", [lambda: optax.adam(1e-2), lambda: optax.sgd(0.1, 0.9)]
+)
+def test_update_matches_nnx_optimizer_exactly(make_tx, graph):
+    model_a, model_b = MLP(), MLP()
+    ours = nnxopt.Optimizer(model_a, make_tx(), wrt=nnx.Param, graph=graph)
+    theirs = nnx.Optimizer(model_b, make_tx(), wrt=nnx.Param, graph=graph)
+    for _ in range(3):
+        ours.update(model_a, nnx.grad(mse)(model_a))
+        theirs.update(model_b, nnx.grad(mse)(model_b))
+        for x, y in zip(
+            jax.tree.leaves(nnx.state(model_a)), jax.tree.leaves(nnx.state(model_b))
+        ):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert int(ours.step[...]) == int(theirs.step[...]) == 3
+
+
+def test_update_accepts_pure_gradients_that_nnx_optimizer_ignores():
+    model = MLP()
+    opt = nnxopt.Optimizer(model, optax.sgd(0.5), wrt=nnx.Param)
+    before = raw_params(model)
+    grads = nnx.as_pure(nnx.state(nnx.grad(mse)(model), nnx.Param))
+    expected = raw_params(model)
+    expected = jax.tree.map(
+        lambda p, g: p - 0.5 * g, expected, jax.grad(raw_mse)(before)
+    )
+    opt.update(model, grads)
+    assert_tree_close(raw_params(model), expected, RTOL64)
+
+
+class LoRAModel(nnx.Module):
+    def __init__(self):
+        rngs = nnx.Rngs(0)
+        base = nnx.Linear(2, 3, param_dtype=jnp.float64, rngs=rngs)
+        self.lora = nnx.LoRA(
+            2, 2, 3, base_module=base, param_dtype=jnp.float64, rngs=rngs
+        )
+        self.lora.lora_b[...] = 0.1 * jnp.ones_like(self.lora.lora_b[...])
+        self.scale = nnx.BatchStat(jnp.asarray(2.0, jnp.float64))
+
+    def __call__(self, x):
+        return self.scale[...] * self.lora(x)
+
+
+def lora_loss(m):
+    return jnp.mean((m(X64) - jnp.cos(X64[:, :1] * jnp.arange(1.0, 4.0))) ** 2)
+
+
+def test_lora_only_training_with_lbfgs_matches_hand_written_loop():
+    model = LoRAModel()
+    frozen = nnx.clone(model)
+    opt = nnxopt.Optimizer(model, optax.lbfgs(), wrt=nnx.LoRAParam)
+
+    def raw(p):  # the reference: base weights and scale closed over by hand
+        base = frozen.lora.base_module
+        a, b = p["a"], p["b"]
+        y = X64 @ base.kernel[...] + base.bias[...] + X64 @ a @ b
+        return jnp.mean((2.0 * y - jnp.cos(X64[:, :1] * jnp.arange(1.0, 4.0))) ** 2)
+
+    p = {"a": frozen.lora.lora_a[...], "b": frozen.lora.lora_b[...]}
+    tx = optax.lbfgs()
+    state = tx.init(p)
+    vg = optax.value_and_grad_from_state(raw)
+    for _ in range(6):
+        opt.minimize_step(model, lora_loss)
+        value, grad = vg(p, state=state)
+        updates, state = tx.update(grad, state, p, value=value, grad=grad, value_fn=raw)
+        p = optax.apply_updates(p, updates)
+        assert_tree_close(
+            {"a": model.lora.lora_a[...], "b": model.lora.lora_b[...]}, p, 1e-9
+        )
+    # only the LoRA variables moved
+    np.testing.assert_array_equal(
+        model.lora.base_module.kernel[...], frozen.lora.base_module.kernel[...]
+    )
+    np.testing.assert_array_equal(
+        model.lora.base_module.bias[...], frozen.lora.base_module.bias[...]
+    )
+    assert float(model.scale[...]) == 2.0
+
+
+def test_update_with_model_level_value_fn_on_lora_subset():
+    model = LoRAModel()
+    base_kernel = np.asarray(model.lora.base_module.kernel[...])
+    opt = nnxopt.Optimizer(model, optax.lbfgs(), wrt=nnx.LoRAParam)
+    diff = nnx.DiffState(0, nnx.LoRAParam)
+    for _ in range(3):
+        loss, grads = nnx.value_and_grad(lora_loss, argnums=diff)(model)
+        opt.update(model, grads, value=loss, value_fn=lora_loss)
+    np.testing.assert_array_equal(model.lora.base_module.kernel[...], base_kernel)
+    # reference: the same three iterations through minimize_step
+    ref = LoRAModel()
+    ref_opt = nnxopt.Optimizer(ref, optax.lbfgs(), wrt=nnx.LoRAParam)
+    for _ in range(3):
+        ref_opt.minimize_step(ref, lora_loss)
+    assert_tree_close(
+        nnx.state(model, nnx.LoRAParam), nnx.state(ref, nnx.LoRAParam), 1e-9
+    )
+
+
+# -- every extra-argument transform through the same call --------------------
+
+
+def _tx_cases():
+    return {
+        "adam": (lambda: optax.adam(1e-2), ()),
+        "sgd": (lambda: optax.sgd(0.1), ()),
+        "lbfgs": (lambda: optax.lbfgs(), ("value", "grad", "value_fn")),
+        "sgd+backtracking": (
+            lambda: optax.chain(
+                optax.sgd(1.0), optax.scale_by_backtracking_linesearch(15)
+            ),
+            ("value", "grad", "value_fn"),
+        ),
+        "sgd+zoom": (
+            lambda: optax.chain(optax.sgd(1.0), optax.scale_by_zoom_linesearch(15)),
+            ("value", "grad", "value_fn"),
+        ),
+        "polyak_sgd": (lambda: optax.polyak_sgd(max_learning_rate=1.0), ("value",)),
+        "reduce_on_plateau": (
+            lambda: optax.chain(
+                optax.adam(1e-2), optax.contrib.reduce_on_plateau(patience=1)
+            ),
+            ("value",),
+        ),
+        "sophia": (lambda: optax.contrib.sophia(1e-2), ("obj_fn",)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_tx_cases()))
+def test_minimize_step_runs_every_transform_like_the_hand_written_loop(name):
+    make_tx, needs = _tx_cases()[name]
+    model = MLP()
+    p = raw_params(model)
+    tx = make_tx()
+    state = tx.init(p)
+    opt = nnxopt.Optimizer(model, make_tx(), wrt=nnx.Param)
+    for _ in range(3):
+        loss = opt.minimize_step(model, mse)
+        value, grad = jax.value_and_grad(raw_mse)(p)
+        np.testing.assert_allclose(float(loss), float(value), rtol=1e-10)
+        every = dict(value=value, grad=grad, value_fn=raw_mse, obj_fn=raw_mse)
+        updates, state = tx.update(grad, state, p, **{k: every[k] for k in needs})
+        p = optax.apply_updates(p, updates)
+        assert_tree_close(raw_params(model), p, 1e-9)
+
+
+# -- non-trainable state policy ---------------------------------------------
+
+
+class Noisy(nnx.Module):
+    """BatchNorm in training mode and Dropout: state written on every call."""
+
+    def __init__(self):
+        rngs = nnx.Rngs(0, dropout=1)
+        self.l1 = nnx.Linear(2, 8, param_dtype=jnp.float64, rngs=rngs)
+        self.bn = nnx.BatchNorm(8, param_dtype=jnp.float64, rngs=rngs)
+        self.drop = nnx.Dropout(0.25, rngs=rngs)
+        self.l2 = nnx.Linear(8, 1, param_dtype=jnp.float64, rngs=rngs)
+
+    def __call__(self, x):
+        return self.l2(self.drop(jax.nn.relu(self.bn(self.l1(x)))))
+
+
+def test_state_policy_trials_leave_no_trace_and_commit_once():
+    counter = Counter()
+    seen_counts = []
+
+    def loss_fn(m):
+        jax.debug.callback(lambda c: seen_counts.append(int(c)), m.drop.rngs.count[...])
+        return counter.tick(mse(m))
+
+    model = Noisy()
+    opt = nnxopt.Optimizer(model, optax.lbfgs(), wrt=nnx.Param)
+    for it in range(4):
+        expected = nnx.clone(model)
+        mse(expected)  # ONE forward at the start point, on a copy: the reference
+        seen_counts.clear()
+        before = counter.read()
+        opt.minimize_step(model, loss_fn)
+        jax.effects_barrier()
+        evaluations = counter.read() - before
+        # the line search tried several points, yet only one commit happened
+        assert evaluations >= 2, it
+        assert len(set(seen_counts)) == 1  # common random numbers: one key
+        np.testing.assert_allclose(
+            model.bn.mean[...], expected.bn.mean[...], rtol=1e-12
+        )
+        np.testing.assert_allclose(model.bn.var[...], expected.bn.var[...], rtol=1e-12)
+        assert int(model.drop.rngs.count[...]) == int(expected.drop.rngs.count[...])
+        assert int(model.drop.rngs.count[...]) == it + 1
+
+
+def test_stateless_frozen_state_is_detected_and_evaluations_are_reused():
+    counter = Counter()
+    model = LoRAModel()  # has a BatchStat that the loss reads but never writes
+
+    def loss_fn(m):
+        return counter.tick(lora_loss(m))
+
+    opt = nnxopt.Optimizer(model, optax.lbfgs(), wrt=nnx.LoRAParam)
+    opt.minimize_step(model, loss_fn)
+    before = counter.read()
+    opt.minimize_step(model, loss_fn)
+    used = int(opt.opt_state[-1].info.num_linesearch_steps[...])
+    assert counter.read() - before == used
+
+
+# -- misuse gets our message ---------------------------------------------------
+
+
+def test_line_search_without_value_fn_explains_itself():
+    model = MLP()
+    opt = nnxopt.Optimizer(model, optax.lbfgs(), wrt=nnx.Param)
+    loss, grads = nnx.value_and_grad(mse)(model)
+    with pytest.raises(
+        TypeError, match=r"Optimizer\.update.*'value_fn'.*minimize_step"
+    ):
+        opt.update(model, grads, value=loss)
+    with pytest.raises(TypeError, match=r"'value', 'grad', 'value_fn'|value_fn"):
+        opt.update(model, grads)
+
+
+def test_grads_that_do_not_match_wrt_are_rejected():
+    model = MLP()
+    opt = nnxopt.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+    wrong = {"w": jnp.zeros(3)}
+    with pytest.raises(
+        TypeError, match=r"Optimizer\.update: grads do not match.*w: \(3,\)"
+    ):
+        opt.update(model, wrong)
+
+
+def test_non_scalar_loss_is_rejected():
+    model = MLP()
+    opt = nnxopt.Optimizer(model, optax.lbfgs(), wrt=nnx.Param)
+    with pytest.raises(
+        ValueError, match=r"minimize_step: loss_fn must return a real.*\(16, 1\)"
+    ):
+        opt.minimize_step(model, lambda m: (m(X64) - Y64) ** 2)
+
+
+def test_tuple_loss_without_has_aux_is_rejected():
+    model = MLP()
+    opt = nnxopt.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
+    with pytest.raises(TypeError, match="has_aux=True"):
+        opt.minimize_step(model, lambda m: (mse(m), 1.0))
+
+
+class Counted(nnx.Variable):
+    pass
+
+
+def test_integer_wrt_selection_is_rejected():
+    model = MLP()
+    model.calls = Counted(jnp.asarray(0, jnp.int32))
+    with pytest.raises(
+        TypeError, match=r"nnxopt\.Optimizer: wrt=.*Counted.*non-floating"
+    ):
+        nnxopt.Optimizer(model, optax.adam(1e-3), wrt=Counted)
+
+
+def test_empty_wrt_selection_is_rejected():
+    with pytest.raises(ValueError, match=r"selects no Variable.*LoRAParam"):
+        nnxopt.Optimizer(MLP(), optax.adam(1e-3), wrt=nnx.LoRAParam)
+
+
+def test_non_transform_tx_is_rejected():
+    with pytest.raises(TypeError, match=r"tx must be an optax GradientTransformation"):
+        nnxopt.Optimizer(MLP(), "lbfgs", wrt=nnx.Param)  # type: ignore[arg-type]
+
+
+# -- no retrace, float32/float64, has_aux, non-finite -------------------------
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("jit", ["none", "nnx.jit"])
+def test_no_retrace_on_second_call(dtype, jit):
+    traces = []
+    x, y = X64.astype(dtype), Y64.astype(dtype)
+
+    def loss_fn(m, x, y):
+        traces.append(1)
+        return mse(m, x, y)
+
+    model = MLP(dtype)
+    opt = nnxopt.Optimizer(model, optax.lbfgs(), wrt=nnx.Param)
+    if jit == "nnx.jit":
+        step = nnx.jit(lambda m, o, x, y: o.minimize_step(m, loss_fn, x, y))
+    else:
+
+        def step(m, o, x, y):
+            return o.minimize_step(m, loss_fn, x, y)
+
+    loss = step(model, opt, x, y)
+    assert loss.dtype == dtype
+    first = len(traces)
+    for _ in range(3):
+        step(model, opt, x + 0.0, y)
+    assert len(traces) == first
+    assert jax.tree.leaves(nnx.state(model))[0].dtype == dtype
+
+
+def test_has_aux_returns_the_aux_of_the_start_point():
+    model = MLP()
+    opt = nnxopt.Optimizer(model, optax.lbfgs(), wrt=nnx.Param)
+
+    def loss_fn(m):
+        pred = m(X64)
+        return jnp.mean((pred - Y64) ** 2), {"pred": pred}
+
+    expected = model(X64)
+    loss, aux = opt.minimize_step(model, loss_fn, has_aux=True)
+    np.testing.assert_allclose(aux["pred"], expected, rtol=1e-12)
+    np.testing.assert_allclose(float(loss), float(mse(MLP())), rtol=1e-12)
+
+
+def test_non_finite_update_never_enters_the_model():
+    model = MLP()
+    opt = nnxopt.Optimizer(model, optax.sgd(0.1), wrt=nnx.Param)
+    before = raw_params(model)
+
+    def loss_fn(m):  # d/db sqrt(|b|) is infinite at b = 0, where b2 starts
+        return mse(m) + jnp.sqrt(jnp.abs(m.l2.bias[...]).sum())
+
+    opt.minimize_step(model, loss_fn)
+    assert_tree_close(raw_params(model), before, 0.0)
+    assert int(opt.step[...]) == 0
+    assert all(
+        np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(nnx.state(model))
+    )
+
+
+def test_transform_cache_is_keyed_on_structure_not_identity():
+    traces = []
+
+    def loss_fn(m):
+        traces.append(1)
+        return mse(m)
+
+    counts = []
+    for _ in range(2):
+        model = MLP()
+        opt = nnxopt.Optimizer(model, optax.lbfgs(), wrt=nnx.Param)
+        opt.minimize_step(model, loss_fn)
+        opt.minimize_step(model, loss_fn)
+        counts.append(len(traces))
+    assert counts[0] >= 1
+    assert counts[1] == counts[0]  # a new but identical optax.lbfgs(): no new trace
+
+
+def test_error_messages_name_the_call():
+    model = MLP()
+    opt = nnxopt.ModelAndOptimizer(model, optax.lbfgs())
+    loss, grads = nnx.value_and_grad(mse)(model)
+    with pytest.raises(TypeError, match=re.escape("ModelAndOptimizer.update")):
+        opt.update(grads, value=loss)
