@@ -123,6 +123,30 @@ def nnxopt_step(width, x, y, counter, *, graph, jit):
     return lambda: step(model, opt, x, y)
 
 
+def nnxopt_split_state(width, x, y, counter):
+    """minimize_step inside jax.jit over nnx.split state: no NNX work per call."""
+    model = MLP(width)
+    opt = nnxopt.Optimizer(model, optax.lbfgs(), wrt=nnx.Param, graph=False)
+    graphdef, state = nnx.split((model, opt), graph=False)
+
+    def loss_fn(m, x, y):
+        return counter.tick(jnp.mean((m(x) - y) ** 2))
+
+    @jax.jit
+    def step(state, x, y):
+        m, o = nnx.merge(graphdef, state)
+        loss = o.minimize_step(m, loss_fn, x, y)
+        return nnx.state((m, o), graph=False), loss
+
+    carry = [state]
+
+    def run():
+        carry[0], loss = step(carry[0], x, y)
+        return loss
+
+    return run
+
+
 def nnx_optimizer(width, x, y, counter, *, graph):
     model = MLP(width)
     opt = nnx.Optimizer(model, optax.lbfgs(), wrt=nnx.Param, graph=graph)
@@ -163,6 +187,9 @@ def main(argv: list[str] | None = None) -> None:
             ),
             "nnxopt minimize_step, nnx.jit graph mode": partial(
                 nnxopt_step, width, x, y, graph=True, jit=True
+            ),
+            "nnxopt minimize_step, jax.jit over split state": partial(
+                nnxopt_split_state, width, x, y
             ),
             "nnxopt minimize_step, no jit (own cache)": partial(
                 nnxopt_step, width, x, y, graph=False, jit=False

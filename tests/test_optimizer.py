@@ -270,6 +270,7 @@ def _tx_cases():
         "adam": (lambda: optax.adam(1e-2), ()),
         "sgd": (lambda: optax.sgd(0.1), ()),
         "lbfgs": (lambda: optax.lbfgs(), ("value", "grad", "value_fn")),
+        "nnxopt.lbfgs": (lambda: nnxopt.lbfgs(), ("value", "grad", "value_fn")),
         "sgd+backtracking": (
             lambda: optax.chain(
                 optax.sgd(1.0), optax.scale_by_backtracking_linesearch(15)

@@ -156,19 +156,19 @@ def split_model(
             "Use the Variable type your trainable weights have (nnx.Param by "
             "default, nnx.LoRAParam for LoRA adapters) or a filter that matches it."
         )
+    if all(jnp.issubdtype(jnp.result_type(x), jnp.inexact) for x in leaves):
+        return graphdef, params, rest
     bad = {
         "/".join(map(str, path)): str(leaf.dtype)
         for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
         if not jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.inexact)
     }
-    if bad:
-        raise TypeError(
-            f"{call}: wrt={wrt!r} selects Variables that cannot be differentiated "
-            f"(non-floating dtypes): {bad!r}. Narrow wrt to floating-point "
-            "Variables, e.g. nnx.Param, or store these values in another "
-            "Variable type."
-        )
-    return graphdef, params, rest
+    raise TypeError(
+        f"{call}: wrt={wrt!r} selects Variables that cannot be differentiated "
+        f"(non-floating dtypes): {bad!r}. Narrow wrt to floating-point "
+        "Variables, e.g. nnx.Param, or store these values in another "
+        "Variable type."
+    )
 
 
 def _describe(x: Any) -> str:
