@@ -1,8 +1,14 @@
 """nnxopt: L-BFGS and every line-search optimizer of Optax, first-class in Flax NNX."""
 
+from . import linesearch as linesearch
 from ._lbfgs import LbfgsInfo as LbfgsInfo
 from ._lbfgs import LbfgsState as LbfgsState
 from ._lbfgs import lbfgs as lbfgs
+from ._minimize import MinimizeHistory as MinimizeHistory
+from ._minimize import MinimizeInfo as MinimizeInfo
+from ._minimize import MinimizeResult as MinimizeResult
+from ._minimize import default_tols as default_tols
+from ._minimize import minimize as minimize
 from ._optimizer import ModelAndOptimizer as ModelAndOptimizer
 from ._optimizer import Optimizer as Optimizer
 from ._status import Status as Status

@@ -26,12 +26,13 @@ _RESET_STATUSES = (Status.NOT_DESCENT, Status.LINESEARCH_FAILED, Status.NON_FINI
 def default_linesearch() -> optax.GradientTransformationExtraArgs:
     """Return the line search ``nnxopt.lbfgs`` runs when none is given.
 
-    Optax's zoom (strong Wolfe) line search, whose first trial is the unit step at
-    every iteration.
+    ``nnxopt.linesearch.more_thuente()``: the Moré–Thuente strong-Wolfe search
+    that scipy's L-BFGS-B uses, first trial the unit step at every iteration,
+    reporting a ``status`` that ``lbfgs`` reads to reset its memory.
     """
-    return optax.scale_by_zoom_linesearch(
-        max_linesearch_steps=20, initial_guess_strategy="one"
-    )
+    from .linesearch import more_thuente
+
+    return more_thuente()
 
 
 class LbfgsInfo(NamedTuple):

@@ -207,9 +207,27 @@ class Optimizer(nnx.Optimizer[M]):
         call = f"{type(self).__name__}.minimize_step"
         if not callable(loss_fn):
             raise TypeError(f"{call}: loss_fn must be callable; got {loss_fn!r}.")
+        dynamic, static = _partition((args, kwargs))
+        # One nnx.jit does the NNX bookkeeping of (optimizer, model) in its fast
+        # path; under an enclosing jit it is simply inlined.
+        runner = compiled(
+            ("nnx.jit", self.graph),
+            lambda: nnx.jit(_jitted_entry, static_argnums=(2, 3, 4), graph=self.graph),
+        )
+        held = model is getattr(self, "model", None)  # ModelAndOptimizer: no alias
+        return runner(self, None if held else model, loss_fn, has_aux, static, dynamic)
+
+    def _minimize_step_traced(
+        self,
+        model: M,
+        loss_fn: Callable[..., Any],
+        has_aux: bool,
+        static: Any,
+        dynamic: list,
+    ) -> Any:
+        call = f"{type(self).__name__}.minimize_step"
         graphdef, params, rest = split_model(model, self.wrt, self.graph, call)
         objective = Objective(graphdef, self.wrt, loss_fn, has_aux, self.graph, call)
-        dynamic, static = _partition((args, kwargs))
         step = compiled(
             ("minimize_step", structural_key(self.tx), objective, static),
             lambda: jax.jit(functools.partial(_step, self.tx, objective, static)),
@@ -276,6 +294,13 @@ class ModelAndOptimizer(Optimizer[M]):
 # The compiled step: pure functions of pytrees.
 
 
+def _jitted_entry(
+    opt: Optimizer, model: Any, loss_fn: Any, has_aux: bool, static: Any, dynamic: list
+) -> Any:
+    model = opt.model if model is None else model  # type: ignore[attr-defined]
+    return opt._minimize_step_traced(model, loss_fn, has_aux, static, dynamic)
+
+
 def _step(
     tx: optax.GradientTransformation,
     objective: Objective,
@@ -289,11 +314,13 @@ def _step(
     stored = _stored_value_and_grad(opt_state, params)
     stateless = not objective.writes_state(params, rest, args, kwargs)
     if stored is not None and stateless and not objective.has_aux:
-        value, grad = jax.lax.cond(
-            jnp.isfinite(stored[0]),
-            lambda: stored,
-            lambda: jax.value_and_grad(objective.value_fn(rest, args, kwargs))(params),
-        )
+
+        def fresh() -> tuple:  # in the stored dtypes, e.g. float64 data, f32 model
+            v, g = jax.value_and_grad(objective.value_fn(rest, args, kwargs))(params)
+            g = jax.tree.map(lambda a, b: a.astype(b.dtype), g, stored[1])
+            return v.astype(stored[0].dtype), g
+
+        value, grad = jax.lax.cond(jnp.isfinite(stored[0]), lambda: stored, fresh)
         aux, new_rest = None, rest
     else:
         (value, (aux, new_rest)), grad = objective.value_and_grad(

@@ -1,0 +1,16 @@
+"""Line searches as optax transforms that report a status.
+
+Each factory returns an ``optax.GradientTransformationExtraArgs`` that scales
+the direction it is given (the ``updates``) and drops into
+``optax.lbfgs(linesearch=...)`` or ``optax.chain(optax.sgd(1.0), ...)``.
+"""
+
+from ._common import LineSearchInfo as LineSearchInfo
+from .backtracking import BacktrackingState as BacktrackingState
+from .backtracking import backtracking as backtracking
+from .hager_zhang import HagerZhangState as HagerZhangState
+from .hager_zhang import hager_zhang as hager_zhang
+from .more_thuente import MoreThuenteState as MoreThuenteState
+from .more_thuente import more_thuente as more_thuente
+from .zoom import ZoomState as ZoomState
+from .zoom import zoom as zoom

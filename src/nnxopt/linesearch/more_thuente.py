@@ -1,0 +1,381 @@
+"""The Moré–Thuente line search (MINPACK-2 ``dcsrch``/``dcstep``) as an optax transform."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from .._status import Status
+from . import _common
+from ._common import LineSearchInfo, Outcome, Point, Problem
+
+_CALL = "nnxopt.linesearch.more_thuente"
+_INT = jnp.int32
+# The constants of MINPACK-2's dcsrch: bisect when the bracket did not shrink
+# by 0.66 over two steps; extrapolate to [1.1, 4] times the last step.
+_P5, _P66, _XTRAPL, _XTRAPU = 0.5, 0.66, 1.1, 4.0
+
+
+class MoreThuenteState(NamedTuple):
+    """State of :func:`more_thuente`.
+
+    Attributes:
+        learning_rate: the accepted step (0 for the zero step).
+        value: the loss at the accepted point (``inf`` after ``init``).
+        grad: the gradient at the accepted point (zeros after ``init``).
+        status: ``int32`` code of :class:`nnxopt.Status`.
+        aux: the aux of the accepted point when ``has_aux``, else None.
+        info: a :class:`LineSearchInfo`.
+    """
+
+    learning_rate: jax.Array
+    value: jax.Array
+    grad: Any
+    status: jax.Array
+    aux: Any
+    info: LineSearchInfo
+
+
+def _gamma(theta, a, b, clamp=False):
+    # Scaled to avoid overflow, as in dcstep.
+    s = jnp.maximum(jnp.maximum(jnp.abs(theta), jnp.abs(a)), jnp.abs(b))
+    disc = (theta / s) ** 2 - (a / s) * (b / s)
+    if clamp:
+        disc = jnp.maximum(0.0, disc)
+    return s * jnp.sqrt(disc)
+
+
+def dcstep(stx, fx, dx, sty, fy, dy, stp, fp, dp, brackt, stpmin, stpmax):
+    """One safeguarded step and interval update of Moré–Thuente (``dcstep``).
+
+    All four cases of the paper are computed and one is selected, so that the
+    function is branch-free under jit; the unselected cases may hold nan.
+
+    Returns:
+        ``(stx, fx, dx, sty, fy, dy, stp, brackt)`` after the update.
+    """
+    sgnd = jnp.sign(dp) * jnp.sign(dx)
+    theta = 3.0 * (fx - fp) / (stp - stx) + dx + dp
+
+    # Case 1: higher value: the minimum is bracketed; cubic or its mean
+    # with the quadratic, whichever is closer to stx.
+    g1 = _gamma(theta, dx, dp)
+    g1 = jnp.where(stp < stx, -g1, g1)
+    r1 = ((g1 - dx) + theta) / (((g1 - dx) + g1) + dp)
+    stpc1 = stx + r1 * (stp - stx)
+    stpq1 = stx + ((dx / ((fx - fp) / (stp - stx) + dx)) / 2.0) * (stp - stx)
+    stpf1 = jnp.where(
+        jnp.abs(stpc1 - stx) <= jnp.abs(stpq1 - stx),
+        stpc1,
+        stpc1 + (stpq1 - stpc1) / 2.0,
+    )
+
+    # Case 2: derivatives of opposite sign: bracketed; the farther of the
+    # cubic and secant steps from stp.
+    g2 = _gamma(theta, dx, dp)
+    g2 = jnp.where(stp > stx, -g2, g2)
+    r2 = ((g2 - dp) + theta) / (((g2 - dp) + g2) + dx)
+    stpc2 = stp + r2 * (stx - stp)
+    stpq2 = stp + (dp / (dp - dx)) * (stx - stp)
+    stpf2 = jnp.where(jnp.abs(stpc2 - stp) > jnp.abs(stpq2 - stp), stpc2, stpq2)
+
+    # Case 3: same sign, derivative decreasing in magnitude: the cubic may
+    # not have a minimizer in the right direction; fall back to the bounds.
+    g3 = _gamma(theta, dx, dp, clamp=True)
+    g3 = jnp.where(stp > stx, -g3, g3)
+    r3 = ((g3 - dp) + theta) / ((g3 + (dx - dp)) + g3)
+    stpc3 = jnp.where(
+        (r3 < 0) & (g3 != 0),
+        stp + r3 * (stx - stp),
+        jnp.where(stp > stx, stpmax, stpmin),
+    )
+    stpq3 = stp + (dp / (dp - dx)) * (stx - stp)
+    in_b = jnp.where(jnp.abs(stpc3 - stp) < jnp.abs(stpq3 - stp), stpc3, stpq3)
+    limit = stp + 0.66 * (sty - stp)
+    in_b = jnp.where(stp > stx, jnp.minimum(limit, in_b), jnp.maximum(limit, in_b))
+    out_b = jnp.where(jnp.abs(stpc3 - stp) > jnp.abs(stpq3 - stp), stpc3, stpq3)
+    out_b = jnp.minimum(jnp.maximum(out_b, stpmin), stpmax)
+    stpf3 = jnp.where(brackt, in_b, out_b)
+
+    # Case 4: same sign, derivative not decreasing: cubic through (stp, sty)
+    # when bracketed, else go to the bound.
+    theta4 = 3.0 * (fp - fy) / (sty - stp) + dy + dp
+    g4 = _gamma(theta4, dy, dp)
+    g4 = jnp.where(stp > sty, -g4, g4)
+    r4 = ((g4 - dp) + theta4) / (((g4 - dp) + g4) + dy)
+    stpc4 = stp + r4 * (sty - stp)
+    stpf4 = jnp.where(brackt, stpc4, jnp.where(stp > stx, stpmax, stpmin))
+
+    case1 = fp > fx
+    case2 = ~case1 & (sgnd < 0)
+    case3 = ~case1 & ~case2 & (jnp.abs(dp) < jnp.abs(dx))
+    stpf = jnp.where(
+        case1, stpf1, jnp.where(case2, stpf2, jnp.where(case3, stpf3, stpf4))
+    )
+    brackt = brackt | case1 | case2
+
+    # Interval update: stx keeps the lowest value, sty the other end.
+    to_y_from_x = ~case1 & (sgnd < 0)
+    sty2 = jnp.where(case1, stp, jnp.where(to_y_from_x, stx, sty))
+    fy2 = jnp.where(case1, fp, jnp.where(to_y_from_x, fx, fy))
+    dy2 = jnp.where(case1, dp, jnp.where(to_y_from_x, dx, dy))
+    stx2 = jnp.where(case1, stx, stp)
+    fx2 = jnp.where(case1, fx, fp)
+    dx2 = jnp.where(case1, dx, dp)
+    return stx2, fx2, dx2, sty2, fy2, dy2, stpf, brackt
+
+
+class _Carry(NamedTuple):
+    stp: jax.Array
+    stx: jax.Array
+    fx: jax.Array
+    gx: jax.Array
+    sty: jax.Array
+    fy: jax.Array
+    gy: jax.Array
+    stmin: jax.Array
+    stmax: jax.Array
+    width: jax.Array
+    width1: jax.Array
+    brackt: jax.Array
+    stage2: jax.Array
+    bad: jax.Array  # smallest step with a non-finite value or slope
+    last: Point
+    best: Point
+    done: jax.Array
+    converged: jax.Array
+    stopped: jax.Array
+    n: jax.Array
+
+
+def _search(prob: Problem, ftol, gtol, xtol, stpmax, max_steps) -> Outcome:
+    start = prob.start
+    dtype = start.value.dtype
+    finit, ginit = start.value, start.slope
+    gtest = ftol * ginit
+    stpmin = jnp.zeros((), dtype)
+    stpmax = jnp.asarray(stpmax, dtype)
+    stp0 = prob.alpha0
+    zero = jnp.zeros((), dtype)
+    width = stpmax - stpmin
+    init = _Carry(
+        stp=stp0,
+        stx=zero,
+        fx=finit,
+        gx=ginit,
+        sty=zero,
+        fy=finit,
+        gy=ginit,
+        stmin=zero,
+        stmax=stp0 + _XTRAPU * stp0,
+        width=width,
+        width1=width / _P5,
+        brackt=jnp.asarray(False),
+        stage2=jnp.asarray(False),
+        bad=jnp.asarray(jnp.inf, dtype),
+        last=start,
+        best=start,
+        done=~prob.can_search,
+        converged=jnp.asarray(False),
+        stopped=_INT(Status.MAX_LINESEARCH_STEPS),
+        n=_INT(0),
+    )
+
+    def cond(c: _Carry):
+        return ~c.done & (c.n < max_steps)
+
+    def body(c: _Carry) -> _Carry:
+        stp = c.stp
+        p = prob.evaluate(stp)
+        f, g = p.value, p.slope
+        finite = _common.is_finite_point(p)
+        best = _common.keep_best(c.best, p)
+
+        ftest = finit + stp * gtest
+        stage2 = c.stage2 | ((f <= ftest) & (g >= 0))
+        warn_round = c.brackt & ((stp <= c.stmin) | (stp >= c.stmax))
+        warn_xtol = c.brackt & (c.stmax - c.stmin <= xtol * c.stmax)
+        at_max = (stp == stpmax) & (f <= ftest) & (g <= gtest)
+        conv = (f <= ftest) & (jnp.abs(g) <= gtol * -ginit)
+        # At max_learning_rate with sufficient decrease and a still negative
+        # slope, no larger step is allowed: accept it, as dcsrch does.
+        converged = finite & (conv | at_max)
+        warned = finite & ~converged & (warn_round | warn_xtol)
+
+        # Stage 1 works on psi(a) = phi(a) - phi(0) - ftol*a*phi'(0) until
+        # a step with psi <= 0 and phi' >= 0 is found.
+        use_psi = ~stage2 & (f <= c.fx) & (f > ftest)
+        shift = jnp.where(use_psi, gtest, 0)
+        stx, fxm, gxm, sty, fym, gym, nstp, brackt = dcstep(
+            c.stx,
+            c.fx - c.stx * shift,
+            c.gx - shift,
+            c.sty,
+            c.fy - c.sty * shift,
+            c.gy - shift,
+            stp,
+            f - stp * shift,
+            g - shift,
+            c.brackt,
+            c.stmin,
+            c.stmax,
+        )
+        fx, fy = fxm + stx * shift, fym + sty * shift
+        gx, gy = gxm + shift, gym + shift
+
+        width, width1 = c.width, c.width1
+        bisect = brackt & (jnp.abs(sty - stx) >= _P66 * width1)
+        nstp = jnp.where(bisect, stx + _P5 * (sty - stx), nstp)
+        width1 = jnp.where(brackt, width, width1)
+        width = jnp.where(brackt, jnp.abs(sty - stx), width)
+        stmin = jnp.where(brackt, jnp.minimum(stx, sty), nstp + _XTRAPL * (nstp - stx))
+        stmax = jnp.where(brackt, jnp.maximum(stx, sty), nstp + _XTRAPU * (nstp - stx))
+        nstp = jnp.minimum(jnp.maximum(nstp, stpmin), stpmax)
+        # Never return to where the loss was not finite.
+        nstp = jnp.minimum(nstp, stx + _P5 * (c.bad - stx))
+        # dcsrch would now evaluate stx again only to stop with a warning;
+        # stop here instead (one evaluation less, same outcome).
+        stuck = brackt & (
+            (nstp <= stmin) | (nstp >= stmax) | (stmax - stmin <= xtol * stmax)
+        )
+
+        updated = _Carry(
+            nstp, stx, fx, gx, sty, fy, gy, stmin, stmax, width, width1,
+            brackt, stage2, c.bad, p, best,
+            converged | warned | stuck, converged,
+            jnp.where(warned | stuck, _INT(Status.STEP_TOO_SMALL), c.stopped),
+            c.n + 1,
+        )  # fmt: skip
+
+        # A non-finite trial: halve the step towards the best point and
+        # remember it as a barrier; the interval is left as it was.
+        bad = jnp.minimum(c.bad, stp)
+        shrunk = c.stx + _P5 * (stp - c.stx)
+        tiny = jnp.abs(shrunk - c.stx) <= xtol * shrunk
+        failed = c._replace(
+            stp=shrunk,
+            bad=bad,
+            last=p,
+            best=best,
+            done=tiny,
+            stopped=jnp.where(tiny, _INT(Status.STEP_TOO_SMALL), c.stopped),
+            n=c.n + 1,
+        )
+        return _common.select(finite, updated, failed)
+
+    c = jax.lax.while_loop(cond, body, init)
+    point, status = _common.conclude(c.converged, c.last, c.best, start, c.stopped)
+    return Outcome(point, status, c.n, c.n, c.n)
+
+
+def more_thuente(
+    *,
+    slope_rtol: float = 1e-4,
+    curv_rtol: float = 0.9,
+    max_linesearch_steps: int = 20,
+    max_learning_rate: float | None = None,
+    stepsize_precision: float = 1e-10,
+    initial_step: float = 1.0,
+    has_aux: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Scale the direction by a Moré–Thuente step (strong Wolfe conditions).
+
+    Finds a step :math:`a` with sufficient decrease and small curvature,
+
+    .. math::
+        \phi(a) \le \phi(0) + \mu a \phi'(0), \qquad
+        |\phi'(a)| \le \eta |\phi'(0)|,
+
+    where :math:`\phi(a) = f(x + a d)`, using the interval updates and
+    safeguarded cubic/quadratic steps of Moré and Thuente (the MINPACK-2
+    routines ``dcsrch``/``dcstep``). On the test functions of the paper it
+    takes the same steps as SciPy's ``scipy.optimize._dcsrch.DCSRCH``.
+    Use it as the default search of L-BFGS when values and gradients come
+    together; it is the search of L-BFGS-B and of most quasi-Newton codes.
+
+    Differences from ``dcsrch``: where ``dcsrch`` would evaluate the best point
+    again only to stop with a rounding or ``xtol`` warning, this search stops
+    at once with status ``STEP_TOO_SMALL`` and the best point seen; a trial
+    with a non-finite value or slope halves the step towards the best point
+    and is never exceeded again; a direction that is not a descent direction
+    is replaced by the negative gradient (status ``NOT_DESCENT``).
+
+    Args:
+        slope_rtol: sufficient-decrease constant :math:`\mu` (``ftol``),
+            ``0 < slope_rtol < curv_rtol``.
+        curv_rtol: curvature constant :math:`\eta` (``gtol``), below 1. Use 0.9
+            for quasi-Newton directions, 0.1 for nonlinear conjugate gradients.
+        max_linesearch_steps: the most evaluations (value and gradient) per
+            search.
+        max_learning_rate: upper bound on the step (``stpmax``); None for none.
+            The lower bound (``stpmin``) is 0.
+        stepsize_precision: relative width of the bracketing interval below
+            which the search stops (``xtol``).
+        initial_step: the first trial step of every search (1 for L-BFGS).
+        has_aux: whether ``value_fn`` returns ``(value, aux)``.
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes
+        ``updates, state, params`` and the keywords ``value``, ``grad``,
+        ``value_fn`` (and ``aux`` with ``has_aux``); its state is a
+        :class:`MoreThuenteState`.
+
+    Raises:
+        TypeError: an argument has the wrong type.
+        ValueError: an argument is out of range.
+
+    Example:
+        >>> import jax.numpy as jnp, optax
+        >>> from nnxopt.linesearch import more_thuente
+        >>> f = lambda x: jnp.sum((x - 3.0) ** 2)
+        >>> x = jnp.zeros(2)
+        >>> opt = optax.lbfgs(linesearch=more_thuente())
+        >>> state = opt.init(x)
+        >>> for _ in range(3):
+        ...     v, g = optax.value_and_grad_from_state(f)(x, state=state)
+        ...     u, state = opt.update(g, state, x, value=v, grad=g, value_fn=f)
+        ...     x = optax.apply_updates(x, u)
+        >>> x.round(4).tolist()
+        [3.0, 3.0]
+
+    References:
+        J. J. Moré and D. J. Thuente, "Line search algorithms with guaranteed
+        sufficient decrease", ACM Trans. Math. Software 20(3):286-307, 1994.
+        MINPACK-2 routines ``dcsrch`` and ``dcstep`` (B. M. Averick,
+        R. G. Carter, J. J. Moré, 1993).
+    """
+    c1, c2 = _common.check_rtols(_CALL, slope_rtol, curv_rtol)
+    _common.check_int(_CALL, "max_linesearch_steps", max_linesearch_steps, 1)
+    stpmax = _common.check_max_learning_rate(_CALL, max_learning_rate)
+    xtol = _common.check_float(
+        _CALL, "stepsize_precision", stepsize_precision, low=0.0, low_open=False,
+        hint="Typical: 1e-10.",
+    )  # fmt: skip
+    step0 = _common.check_float(
+        _CALL, "initial_step", initial_step, low=0.0, hint="Typical: 1.0."
+    )
+    _common.check_bool(_CALL, "has_aux", has_aux)
+
+    def algorithm(prob: Problem) -> Outcome:
+        return _search(prob, c1, c2, xtol, stpmax, max_linesearch_steps)
+
+    def init_fn(params: Any) -> MoreThuenteState:
+        return MoreThuenteState(**_common.init_fields(params))
+
+    def update_fn(
+        updates, state, params=None, *, value=None, grad=None, value_fn=None,
+        aux=None, **extra_args,
+    ):  # fmt: skip
+        del extra_args
+        new_updates, fields = _common.run_search(
+            _CALL, algorithm, updates, state, params,
+            value=value, grad=grad, value_fn=value_fn, aux=aux, has_aux=has_aux,
+            initial_step=step0, max_learning_rate=stpmax,
+            slope_rtol=c1, curv_rtol=c2,
+        )  # fmt: skip
+        return new_updates, MoreThuenteState(**fields)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
