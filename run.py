@@ -56,6 +56,10 @@ def _run(*cmd: str) -> int:
     env = dict(os.environ)
     env.setdefault("JAX_PLATFORMS", "cpu")
     env.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
+    # One BLAS thread: on small machines OpenBLAS threads spin against each other
+    # and make scipy (the tests' reference) up to 20x slower.
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    env.setdefault("OMP_NUM_THREADS", "1")
     print("+", " ".join(cmd), flush=True)
     return subprocess.run(cmd, cwd=ROOT, env=env).returncode
 

@@ -33,6 +33,12 @@ def compiled(key: Hashable, factory: Callable[[], Any]) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=256)
+def transform_key(tx: Any) -> Hashable:
+    """``structural_key(tx)``, memoised per transform object (they are hashable)."""
+    return structural_key(tx)
+
+
 def structural_key(obj: Any, _depth: int = 0) -> Hashable:
     """Return a hashable key equal for transforms built the same way.
 

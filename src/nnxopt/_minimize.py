@@ -24,7 +24,7 @@ import optax
 from flax import nnx
 from jax.experimental import io_callback
 
-from ._cache import compiled, structural_key
+from ._cache import compiled, transform_key
 from ._lbfgs import lbfgs
 from ._objective import Objective, PyTree, split_model
 from ._optimizer import (
@@ -274,7 +274,7 @@ def minimize(
     dynamic, static = _partition((args, kwargs))
     hosted = callback is not None or progress
     solve = compiled(
-        ("minimize", structural_key(tx), objective, static, maxiter, hosted),
+        ("minimize", transform_key(tx), objective, static, maxiter, hosted),
         lambda: jax.jit(
             functools.partial(_solve, tx, objective, static, maxiter, hosted)
         ),
@@ -286,10 +286,11 @@ def minimize(
             params,
             rest,
             dynamic,
-            jnp.asarray(gtol),
-            jnp.asarray(ftol),
-            jnp.asarray(maxfev, jnp.int32),
-            jnp.asarray(run_id, jnp.int32),
+            # NumPy scalars: jit transfers them in its fast path, no dispatch
+            np.asarray(gtol, _np_dtype(dtype)),
+            np.asarray(ftol, _np_dtype(dtype)),
+            np.int32(maxfev),
+            np.int32(run_id),
         )
         new_params, new_rest, stats = jax.block_until_ready(out)
     finally:
@@ -647,6 +648,11 @@ def _make_bar(total: int) -> Any:
 
 # ---------------------------------------------------------------------------
 # Argument checks (at call time, never inside jit).
+
+
+def _np_dtype(dtype: Any) -> Any:
+    """``dtype`` as NumPy knows it; float64 only where JAX has it enabled."""
+    return jnp.dtype(jnp.result_type(jnp.zeros((), dtype)))
 
 
 def _lowest_precision(params: PyTree) -> Any:

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from ._cache import compiled, structural_key
+from ._cache import compiled, transform_key
 from ._objective import Objective, PyTree, split_model
 
 M = TypeVar("M")
@@ -229,7 +229,7 @@ class Optimizer(nnx.Optimizer[M]):
         graphdef, params, rest = split_model(model, self.wrt, self.graph, call)
         objective = Objective(graphdef, self.wrt, loss_fn, has_aux, self.graph, call)
         step = compiled(
-            ("minimize_step", structural_key(self.tx), objective, static),
+            ("minimize_step", transform_key(self.tx), objective, static),
             lambda: jax.jit(functools.partial(_step, self.tx, objective, static)),
         )
         opt_state = nnx.as_pure(self.opt_state)
@@ -370,7 +370,7 @@ def accepted_extra_args(
     if not isinstance(tx, optax.GradientTransformationExtraArgs):
         return ()
     return compiled(
-        ("extra_args", structural_key(tx), jax.tree.structure(params)),
+        ("extra_args", transform_key(tx), jax.tree.structure(params)),
         lambda: _probe_extra_args(tx, params, state),
     )
 
