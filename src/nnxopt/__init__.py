@@ -1,6 +1,8 @@
 """nnxopt: L-BFGS and every line-search optimizer of Optax, first-class in Flax NNX."""
 
 from . import linesearch as linesearch
+from ._handoff import HandoffResult as HandoffResult
+from ._handoff import adam_then_lbfgs as adam_then_lbfgs
 from ._lbfgs import LbfgsInfo as LbfgsInfo
 from ._lbfgs import LbfgsState as LbfgsState
 from ._lbfgs import lbfgs as lbfgs

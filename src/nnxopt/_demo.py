@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from typing import Any
 
 import jax
@@ -19,7 +18,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ._minimize import MinimizeResult, minimize
+from ._handoff import adam_then_lbfgs
+from ._minimize import MinimizeResult
 
 
 class PINN(nnx.Module):
@@ -83,25 +83,32 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         f"1-D Poisson PINN, exact u = sin(pi x): {_num_params(model)} parameters, "
         f"{points} collocation points, {jnp.dtype(dtype).name}"
     )
+    errors: list[float] = []
+    out = adam_then_lbfgs(
+        pinn_loss,
+        model,
+        xs,
+        xb,
+        adam=optax.adam(1e-2),
+        adam_steps=adam_steps,
+        maxiter=lbfgs_steps,
+        progress=progress,
+        between=lambda m, _: errors.append(relative_l2_error(m, dtype)),
+    )
+    errors.append(relative_l2_error(model, dtype))
+    results = [out.adam, out.lbfgs]
     rows: list[dict[str, Any]] = []
-    results: list[MinimizeResult] = []
-    for phase, tx, steps in (
-        ("adam(1e-2)", optax.adam(1e-2), adam_steps),
-        ("L-BFGS", None, lbfgs_steps),
+    for phase, result, seconds, error in (
+        ("adam(1e-2)", out.adam, out.adam_seconds, errors[0]),
+        ("L-BFGS", out.lbfgs, out.lbfgs_seconds, errors[1]),
     ):
-        start = time.perf_counter()
-        result = minimize(
-            pinn_loss, model, xs, xb, tx=tx, maxiter=steps, progress=progress
-        )
-        seconds = time.perf_counter() - start
-        results.append(result)
         rows.append(
             dict(
                 phase=phase,
                 iterations=result.nit,
                 evaluations=result.nfev,
                 loss=float(result.fun),
-                rel_l2=relative_l2_error(model, dtype),
+                rel_l2=error,
                 seconds=seconds,
                 status=result.status.name,
             )
