@@ -23,16 +23,27 @@ _MAX_SHRINKS = 4
 _RESET_STATUSES = (Status.NOT_DESCENT, Status.LINESEARCH_FAILED, Status.NON_FINITE)
 
 
-def default_linesearch() -> optax.GradientTransformationExtraArgs:
+def default_linesearch(
+    dtype: Any = jnp.float64,
+) -> optax.GradientTransformationExtraArgs:
     """Return the line search ``nnxopt.lbfgs`` runs when none is given.
 
-    ``nnxopt.linesearch.more_thuente()``: the Moré–Thuente strong-Wolfe search
-    that scipy's L-BFGS-B uses, first trial the unit step at every iteration,
-    reporting a ``status`` that ``lbfgs`` reads to reset its memory.
-    """
-    from .linesearch import more_thuente
+    For float64 parameters, ``nnxopt.linesearch.more_thuente()``: the
+    Moré–Thuente strong-Wolfe search that scipy's L-BFGS-B uses. For float32
+    and lower precisions, ``nnxopt.linesearch.hager_zhang()``, whose
+    approximate Wolfe conditions accept a step by its slopes when the decrease
+    is below the rounding noise of the loss (there Moré–Thuente's value test
+    fails every search, and the solve stalls). Both try the unit step first and
+    report a ``status`` that ``lbfgs`` reads to reset its memory.
 
-    return more_thuente()
+    Args:
+        dtype: the (real) dtype of the parameters.
+    """
+    from .linesearch import hager_zhang, more_thuente
+
+    if jnp.finfo(dtype).eps < 1e-10:
+        return more_thuente()
+    return hager_zhang()
 
 
 class LbfgsInfo(NamedTuple):
@@ -216,8 +227,8 @@ def lbfgs(
             ``1/||g||`` first step) rather than ``gamma = 1``.
         linesearch: an optax line search whose state has ``value``, ``grad`` and
             ``learning_rate`` (any ``nnxopt.linesearch``). ``None`` (default):
-            ``optax.scale_by_zoom_linesearch(max_linesearch_steps=20,
-            initial_guess_strategy='one')``.
+            chosen from the parameters' dtype by ``default_linesearch``:
+            ``more_thuente()`` in float64, ``hager_zhang()`` in float32.
         curvature_eps: a pair is skipped when ``s·y <= curvature_eps * y·y``.
             ``None`` (default): the machine epsilon of the parameters' dtype, the
             test of L-BFGS-B, which rejects only non-positive and round-off
@@ -291,12 +302,17 @@ def lbfgs(
             f"{type(linesearch).__name__}: {linesearch!r}."
         )
     uses_linesearch = learning_rate is None
-    if uses_linesearch:
-        inner = optax.with_extra_args_support(linesearch or default_linesearch())
-    else:
-        inner = optax.with_extra_args_support(
-            optax.scale_by_learning_rate(learning_rate, flip_sign=False)
-        )
+    given = (
+        linesearch
+        if uses_linesearch
+        else optax.scale_by_learning_rate(learning_rate, flip_sign=False)
+    )
+
+    def inner_for(dtype: jnp.dtype) -> optax.GradientTransformationExtraArgs:
+        # The default search depends on the parameters' dtype, a static
+        # property: init and update pick the same one.
+        return optax.with_extra_args_support(given or default_linesearch(dtype))
+
     m = memory_size
 
     def init_fn(params: optax.Params) -> LbfgsState:
@@ -317,7 +333,7 @@ def lbfgs(
             radius=jnp.ones((), dtype),
             num_shrinks=int0,
             lbfgs_info=LbfgsInfo(int0, int0, int0),
-            linesearch_state=_strong(inner.init(params)),
+            linesearch_state=_strong(inner_for(dtype).init(params)),
         )
 
     def update_fn(
@@ -355,6 +371,7 @@ def lbfgs(
                     "or use nnxopt.lbfgs(learning_rate=...) for a fixed step."
                 )
         dtype = state.weights_memory.dtype
+        inner = inner_for(dtype)
         eps = jnp.finfo(dtype).eps if curvature_eps is None else curvature_eps
         g = updates
         started = state.count > 0

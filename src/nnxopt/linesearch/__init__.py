@@ -3,6 +3,11 @@
 Each factory returns an ``optax.GradientTransformationExtraArgs`` that scales
 the direction it is given (the ``updates``) and drops into
 ``optax.lbfgs(linesearch=...)`` or ``optax.chain(optax.sgd(1.0), ...)``.
+Their ``update`` takes ``updates, state, params`` and the keywords ``value``,
+``grad`` (at ``params``) and ``value_fn`` (and ``aux`` with ``has_aux``); the
+new state holds the value, gradient and aux at the accepted point. Arguments
+are checked when the search is built: ``TypeError`` for a wrong type,
+``ValueError`` for a value out of range.
 """
 
 from ._common import LineSearchInfo as LineSearchInfo

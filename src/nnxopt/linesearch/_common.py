@@ -9,6 +9,7 @@ each algorithm file only holds its own loop.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -45,6 +46,27 @@ class LineSearchInfo(NamedTuple):
     num_grad_evals: jax.Array
     decrease_error: jax.Array
     curvature_error: jax.Array
+
+
+class LineSearchState(NamedTuple):
+    """The fields every line-search state has (``zoom``, ``more_thuente`` and
+    ``backtracking`` subclass it; ``hager_zhang`` adds two fields).
+
+    Attributes:
+        learning_rate: the accepted step (0 for the zero step).
+        value: the loss at the accepted point (``inf`` after ``init``).
+        grad: the gradient at the accepted point (zeros after ``init``).
+        status: ``int32`` code of :class:`nnxopt.Status`.
+        aux: the aux of the accepted point when ``has_aux``, else None.
+        info: a :class:`LineSearchInfo`.
+    """
+
+    learning_rate: jax.Array
+    value: jax.Array
+    grad: Any
+    status: jax.Array
+    aux: Any
+    info: LineSearchInfo
 
 
 class Point(NamedTuple):
@@ -145,23 +167,34 @@ def check_float(
     return value
 
 
-def check_rtols(call: str, slope_rtol: Any, curv_rtol: Any) -> tuple[float, float]:
+def check_rtols(
+    call: str,
+    slope_rtol: Any,
+    curv_rtol: Any,
+    *,
+    slope_high: float = 1.0,
+    typical: tuple[float, float] = (1e-4, 0.9),
+) -> tuple[float, float]:
     """Check ``0 < slope_rtol <= curv_rtol < 1`` (the Wolfe constants).
 
     Equality is allowed: Moré and Thuente test with ``mu == eta``.
+    ``slope_high`` is a tighter upper bound on ``slope_rtol`` (Hager–Zhang's
+    ``delta < 0.5``).
     """
     c1 = check_float(
-        call, "slope_rtol", slope_rtol, low=0.0, high=1.0, hint="Typical: 1e-4."
-    )
+        call, "slope_rtol", slope_rtol, low=0.0, high=slope_high,
+        hint=f"Typical: {typical[0]}.",
+    )  # fmt: skip
     c2 = check_float(
-        call, "curv_rtol", curv_rtol, low=0.0, high=1.0, hint="Typical: 0.9."
-    )
+        call, "curv_rtol", curv_rtol, low=0.0, high=1.0,
+        hint=f"Typical: {typical[1]}.",
+    )  # fmt: skip
     if not c1 <= c2:
         raise ValueError(
             f"{call}: `slope_rtol` must not exceed `curv_rtol` (otherwise "
             f"no step may satisfy both Wolfe conditions), got slope_rtol="
             f"{slope_rtol!r} and curv_rtol={curv_rtol!r}. Typical: slope_rtol="
-            "1e-4, curv_rtol=0.9."
+            f"{typical[0]}, curv_rtol={typical[1]}."
         )
     return c1, c2
 
@@ -177,6 +210,63 @@ def check_max_learning_rate(call: str, value: Any) -> float:
         low=0.0,
         hint="Pass a positive float, or None for no bound.",
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The checked arguments every search takes (``curv_rtol`` and ``xtol`` are
+    None for ``backtracking``, which has neither)."""
+
+    slope_rtol: float
+    curv_rtol: float | None
+    max_steps: int
+    max_learning_rate: float
+    xtol: float | None
+    initial_step: float
+    has_aux: bool
+
+
+def check_settings(
+    call: str,
+    slope_rtol: Any,
+    curv_rtol: Any,
+    max_linesearch_steps: Any,
+    max_learning_rate: Any,
+    stepsize_precision: Any,
+    initial_step: Any,
+    has_aux: Any,
+    *,
+    slope_high: float = 1.0,
+    typical: tuple[float, float] = (1e-4, 0.9),
+) -> Settings:
+    """Check the common arguments of a search (construction time).
+
+    ``curv_rtol=None`` (``backtracking``) checks ``slope_rtol`` alone;
+    ``stepsize_precision=None`` means the search has no interval tolerance.
+    """
+    if curv_rtol is None:
+        c1 = check_float(
+            call, "slope_rtol", slope_rtol, low=0.0, high=slope_high,
+            hint=f"Typical: {typical[0]}.",
+        )  # fmt: skip
+        c2 = None
+    else:
+        c1, c2 = check_rtols(
+            call, slope_rtol, curv_rtol, slope_high=slope_high, typical=typical
+        )
+    check_int(call, "max_linesearch_steps", max_linesearch_steps, 1)
+    amax = check_max_learning_rate(call, max_learning_rate)
+    xtol = None
+    if stepsize_precision is not None:
+        xtol = check_float(
+            call, "stepsize_precision", stepsize_precision, low=0.0,
+            low_open=False, hint="Typical: 1e-10.",
+        )  # fmt: skip
+    step0 = check_float(
+        call, "initial_step", initial_step, low=0.0, hint="Typical: 1.0."
+    )
+    check_bool(call, "has_aux", has_aux)
+    return Settings(c1, c2, max_linesearch_steps, amax, xtol, step0, has_aux)
 
 
 # --------------------------------------------------------------------------
@@ -228,6 +318,62 @@ def conclude(
     )
     chosen = select(converged, point, select(decreased, best, start))
     return chosen, status
+
+
+class Track(NamedTuple):
+    """The bookkeeping every bracketing search carries through its loop.
+
+    ``last`` is the latest trial, ``best`` the lowest finite one; ``stopped``
+    is the status given when the loop ends without convergence.
+    """
+
+    last: Point
+    best: Point
+    done: jax.Array
+    converged: jax.Array
+    stopped: jax.Array
+    n: jax.Array
+
+
+def start_track(prob: Problem) -> Track:
+    """The track before the first trial (done at once without a direction)."""
+    return Track(
+        last=prob.start,
+        best=prob.start,
+        done=~prob.can_search,
+        converged=jnp.asarray(False),
+        stopped=_INT(Status.MAX_LINESEARCH_STEPS),
+        n=_INT(0),
+    )
+
+
+def advance(track: Track, p: Point, converged: jax.Array, stuck: jax.Array) -> Track:
+    """Record the trial ``p``: ``converged`` ends the search with it;
+    ``stuck`` (nothing new to try) ends it with ``STEP_TOO_SMALL``."""
+    return Track(
+        last=p,
+        best=keep_best(track.best, p),
+        done=converged | stuck,
+        converged=converged,
+        stopped=jnp.where(
+            stuck & ~converged, _INT(Status.STEP_TOO_SMALL), track.stopped
+        ),
+        n=track.n + 1,
+    )
+
+
+def iterate(
+    prob: Problem, init: Any, body: Callable[[Any], Any], max_steps: int
+) -> Outcome:
+    """Run ``body`` (one evaluation each) on a carry with a ``track`` field
+    until the track is done or ``max_steps`` trials were made; conclude."""
+
+    def cond(c: Any) -> jax.Array:
+        return ~c.track.done & (c.track.n < max_steps)
+
+    t = jax.lax.while_loop(cond, body, init).track
+    point, status = conclude(t.converged, t.last, t.best, prob.start, t.stopped)
+    return Outcome(point, status, t.n, t.n, t.n)
 
 
 def _leaf_dtype(params: Any) -> jnp.dtype:
@@ -297,7 +443,6 @@ def run_search(
 
     Returns the scaled updates and a dict of the common state fields.
     """
-    missing_args_error(call, value, grad, value_fn)
     dtype = _leaf_dtype(params)
     f0 = jnp.asarray(value, dtype)
 
@@ -399,3 +544,52 @@ def run_search(
         info=info,
     )
     return new_updates, fields
+
+
+def transform(
+    call: str,
+    settings: Settings,
+    make_state: Callable[..., Any],
+    algorithm: Callable[[Problem], Outcome] | None = None,
+    *,
+    prepare: Callable[[Any, Any], tuple[Callable[[Problem], Outcome], dict]]
+    | None = None,
+    init_extra: Callable[[dict[str, Any]], dict[str, Any]] = lambda fields: {},
+    strong: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+    """Build the optax transform of a search.
+
+    Either ``algorithm`` (the same for every search) or
+    ``prepare(state, value)``, which returns the algorithm of this search and
+    the extra state fields it updates (``hager_zhang``'s value average);
+    ``init_extra(fields)`` gives their initial values; ``make_state(**fields)``
+    builds the search's state.
+    """
+    if prepare is None:
+        assert algorithm is not None
+
+        def prepare(state: Any, value: Any) -> tuple[Any, dict]:
+            return algorithm, {}
+
+    def init_fn(params: Any) -> Any:
+        fields = init_fields(params)
+        return make_state(**fields, **init_extra(fields))
+
+    def update_fn(
+        updates, state, params=None, *, value=None, grad=None, value_fn=None,
+        aux=None, **extra_args,
+    ):  # fmt: skip
+        del extra_args
+        missing_args_error(call, value, grad, value_fn)
+        algorithm, extra = prepare(state, value)
+        new_updates, fields = run_search(
+            call, algorithm, updates, state, params,
+            value=value, grad=grad, value_fn=value_fn, aux=aux,
+            has_aux=settings.has_aux, initial_step=settings.initial_step,
+            max_learning_rate=settings.max_learning_rate,
+            slope_rtol=settings.slope_rtol, curv_rtol=settings.curv_rtol,
+            strong=strong,
+        )  # fmt: skip
+        return new_updates, make_state(**fields, **extra)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -10,31 +10,18 @@ import optax
 
 from .._status import Status
 from . import _common
-from ._common import LineSearchInfo, Outcome, Point, Problem
+from ._common import Outcome, Point, Problem
 
 _CALL = "nnxopt.linesearch.backtracking"
 _INT = jnp.int32
 
 
-class BacktrackingState(NamedTuple):
-    """State of :func:`backtracking`.
+class BacktrackingState(_common.LineSearchState):
+    """State of :func:`backtracking`: the fields of every line-search state
+    (``learning_rate``, ``value``, ``grad``, ``status``, ``aux``, ``info``);
+    ``info.num_grad_evals`` is 1 when a step was taken, 0 for the zero step."""
 
-    Attributes:
-        learning_rate: the accepted step (0 for the zero step).
-        value: the loss at the accepted point (``inf`` after ``init``).
-        grad: the gradient at the accepted point (zeros after ``init``).
-        status: ``int32`` code of :class:`nnxopt.Status`.
-        aux: the aux of the accepted point when ``has_aux``, else None.
-        info: a :class:`LineSearchInfo` (``num_grad_evals`` is 1 when a step
-            was taken, 0 for the zero step).
-    """
-
-    learning_rate: jax.Array
-    value: jax.Array
-    grad: Any
-    status: jax.Array
-    aux: Any
-    info: LineSearchInfo
+    __slots__ = ()
 
 
 class _Carry(NamedTuple):
@@ -160,10 +147,8 @@ def backtracking(
         has_aux: whether ``value_fn`` returns ``(value, aux)``.
 
     Returns:
-        An ``optax.GradientTransformationExtraArgs``; its ``update`` takes
-        ``updates, state, params`` and the keywords ``value``, ``grad``,
-        ``value_fn`` (and ``aux`` with ``has_aux``); its state is a
-        :class:`BacktrackingState`.
+        The transform, with state :class:`BacktrackingState`; call its ``update``
+        as :mod:`nnxopt.linesearch` describes.
 
     Raises:
         TypeError: an argument has the wrong type.
@@ -187,37 +172,16 @@ def backtracking(
         J. Nocedal and S. J. Wright, *Numerical Optimization*, 2nd ed.,
         Springer, 2006: algorithm 3.1.
     """
-    c1 = _common.check_float(
-        _CALL, "slope_rtol", slope_rtol, low=0.0, high=1.0, hint="Typical: 1e-4."
-    )
+    cfg = _common.check_settings(
+        _CALL, slope_rtol, None, max_linesearch_steps, max_learning_rate, None,
+        initial_step, has_aux,
+    )  # fmt: skip
     factor = _common.check_float(
         _CALL, "decrease_factor", decrease_factor, low=0.0, high=1.0,
         hint="Typical: 0.5.",
     )  # fmt: skip
-    _common.check_int(_CALL, "max_linesearch_steps", max_linesearch_steps, 1)
-    amax = _common.check_max_learning_rate(_CALL, max_learning_rate)
-    step0 = _common.check_float(
-        _CALL, "initial_step", initial_step, low=0.0, hint="Typical: 1.0."
-    )
-    _common.check_bool(_CALL, "has_aux", has_aux)
 
     def algorithm(prob: Problem) -> Outcome:
-        return _search(prob, c1, factor, max_linesearch_steps)
+        return _search(prob, cfg.slope_rtol, factor, cfg.max_steps)
 
-    def init_fn(params: Any) -> BacktrackingState:
-        return BacktrackingState(**_common.init_fields(params))
-
-    def update_fn(
-        updates, state, params=None, *, value=None, grad=None, value_fn=None,
-        aux=None, **extra_args,
-    ):  # fmt: skip
-        del extra_args
-        new_updates, fields = _common.run_search(
-            _CALL, algorithm, updates, state, params,
-            value=value, grad=grad, value_fn=value_fn, aux=aux, has_aux=has_aux,
-            initial_step=step0, max_learning_rate=amax,
-            slope_rtol=c1, curv_rtol=None,
-        )  # fmt: skip
-        return new_updates, BacktrackingState(**fields)
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _common.transform(_CALL, cfg, BacktrackingState, algorithm)

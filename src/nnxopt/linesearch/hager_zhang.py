@@ -8,9 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .._status import Status
 from . import _common
-from ._common import LineSearchInfo, Outcome, Point, Problem
+from ._common import LineSearchInfo, Outcome, Problem
 
 _CALL = "nnxopt.linesearch.hager_zhang"
 _INT = jnp.int32
@@ -58,12 +57,20 @@ class _Carry(NamedTuple):
     old_b: tuple
     c_sec: jax.Array  # the step S1 of secant² tried
     width: jax.Array  # b - a when secant² started
-    last: Point
-    best: Point
-    done: jax.Array
-    converged: jax.Array
-    stopped: jax.Array
-    n: jax.Array
+    track: _common.Track
+
+
+def default_epsilon(dtype: Any) -> float:
+    r"""Return the default relative tolerance of the approximate Wolfe value test.
+
+    ``1e-6`` (CG_DESCENT's value) for float64; ``1e-3`` for float32 and lower
+    precisions. :math:`\epsilon_k` must exceed the rounding noise of the loss,
+    or the value test rejects steps whose slopes show a decrease: a float32
+    PINN loss near 5e-6 measured 4e-4 relative noise (its residual subtracts
+    two terms of size 10 to leave 2e-3), so with ``1e-6`` (or ``1e-4``) its
+    searches failed hundreds of times in a row and the solve stalled.
+    """
+    return 1e-6 if jnp.finfo(dtype).eps < 1e-10 else 1e-3
 
 
 def _secant(a, b):
@@ -87,12 +94,7 @@ def _search(prob: Problem, cfg: dict, eps: jax.Array) -> Outcome:
         old_b=s0,
         c_sec=zero,
         width=zero,
-        last=start,
-        best=start,
-        done=~prob.can_search,
-        converged=jnp.asarray(False),
-        stopped=_INT(Status.MAX_LINESEARCH_STEPS),
-        n=_INT(0),
+        track=_common.start_track(prob),
     )
 
     def interior(t, a, b):
@@ -114,7 +116,6 @@ def _search(prob: Problem, cfg: dict, eps: jax.Array) -> Outcome:
 
     def body(k: _Carry) -> _Carry:
         p = prob.evaluate(k.c)
-        best = _common.keep_best(k.best, p)
         fin = _common.is_finite_point(p)
         f, g, t = p.value, p.slope, p.alpha
         pt = (t, f, g)
@@ -195,22 +196,10 @@ def _search(prob: Problem, cfg: dict, eps: jax.Array) -> Outcome:
             ),
             c_sec=jnp.where(finished, d_sec, k.c_sec),
             width=jnp.where(finished, d_width, k.width),
-            last=p,
-            best=best,
-            done=converged | tiny,
-            converged=converged,
-            stopped=jnp.where(
-                tiny & ~converged, _INT(Status.STEP_TOO_SMALL), k.stopped
-            ),
-            n=k.n + 1,
+            track=_common.advance(k.track, p, converged, tiny),
         )
 
-    def cond(k: _Carry):
-        return ~k.done & (k.n < cfg["max_steps"])
-
-    k = jax.lax.while_loop(cond, body, init)
-    point, status = _common.conclude(k.converged, k.last, k.best, start, k.stopped)
-    return Outcome(point, status, k.n, k.n, k.n)
+    return _common.iterate(prob, init, body, cfg["max_steps"])
 
 
 def hager_zhang(
@@ -221,7 +210,7 @@ def hager_zhang(
     max_learning_rate: float | None = None,
     stepsize_precision: float = 1e-10,
     initial_step: float = 1.0,
-    epsilon: float = 1e-6,
+    epsilon: float | None = None,
     theta: float = 0.5,
     gamma: float = 0.66,
     expansion_factor: float = 5.0,
@@ -278,28 +267,32 @@ def hager_zhang(
         has_aux: whether ``value_fn`` returns ``(value, aux)``.
 
     Returns:
-        An ``optax.GradientTransformationExtraArgs``; its ``update`` takes
-        ``updates, state, params`` and the keywords ``value``, ``grad``,
-        ``value_fn`` (and ``aux`` with ``has_aux``); its state is a
-        :class:`HagerZhangState`.
+        The transform, with state :class:`HagerZhangState`; call its ``update``
+        as :mod:`nnxopt.linesearch` describes.
 
     Raises:
         TypeError: an argument has the wrong type.
         ValueError: an argument is out of range.
 
     Example:
+        As the search of ``nnxopt.lbfgs`` on a float32 problem; the state
+        carries the average :math:`C_k` of ``|f|`` behind :math:`\epsilon_k`.
+
         >>> import jax.numpy as jnp, optax
+        >>> import nnxopt
         >>> from nnxopt.linesearch import hager_zhang
-        >>> f = lambda x: jnp.sum((x - 3.0) ** 2)
-        >>> x = jnp.zeros(2)
-        >>> opt = optax.lbfgs(linesearch=hager_zhang())
+        >>> f = lambda x: jnp.sum((x - 3.0) ** 2) + 1.0
+        >>> x = jnp.zeros(2, jnp.float32)
+        >>> opt = nnxopt.lbfgs(linesearch=hager_zhang())
         >>> state = opt.init(x)
         >>> for _ in range(3):
         ...     v, g = optax.value_and_grad_from_state(f)(x, state=state)
         ...     u, state = opt.update(g, state, x, value=v, grad=g, value_fn=f)
         ...     x = optax.apply_updates(x, u)
-        >>> x.round(4).tolist()
-        [3.0, 3.0]
+        >>> x.round(4).tolist(), float(state.linesearch_state.value)
+        ([3.0, 3.0], 1.0)
+        >>> state.linesearch_state.value_average.dtype
+        dtype('float32')
 
     References:
         W. W. Hager and H. Zhang, "A new conjugate gradient method with
@@ -309,50 +302,38 @@ def hager_zhang(
         conjugate gradient method with guaranteed descent", ACM Trans. Math.
         Software 32(1):113-137, 2006 (the update of :math:`\epsilon_k`).
     """
+    common = _common.check_settings(
+        _CALL, slope_rtol, curv_rtol, max_linesearch_steps, max_learning_rate,
+        stepsize_precision, initial_step, has_aux, slope_high=0.5,
+        typical=(0.1, 0.9),
+    )  # fmt: skip
     f = _common.check_float
-    delta = f(_CALL, "slope_rtol", slope_rtol, low=0.0, high=0.5, hint="Typical: 0.1.")
-    sigma = f(_CALL, "curv_rtol", curv_rtol, low=0.0, high=1.0, hint="Typical: 0.9.")
-    if delta > sigma:
-        raise ValueError(
-            f"{_CALL}: `slope_rtol` must not exceed `curv_rtol`, got slope_rtol="
-            f"{slope_rtol!r} and curv_rtol={curv_rtol!r}. Typical: 0.1 and 0.9."
-        )
-    _common.check_int(_CALL, "max_linesearch_steps", max_linesearch_steps, 1)
-    amax = _common.check_max_learning_rate(_CALL, max_learning_rate)
     cfg = dict(
-        delta=delta,
-        sigma=sigma,
-        amax=amax,
-        max_steps=max_linesearch_steps,
-        xtol=f(
-            _CALL, "stepsize_precision", stepsize_precision, low=0.0,
-            low_open=False, hint="Typical: 1e-10.",
-        ),
+        delta=common.slope_rtol,
+        sigma=common.curv_rtol,
+        amax=common.max_learning_rate,
+        max_steps=common.max_steps,
+        xtol=common.xtol,
         theta=f(_CALL, "theta", theta, low=0.0, high=1.0, hint="Typical: 0.5."),
         gamma=f(_CALL, "gamma", gamma, low=0.0, high=1.0, hint="Typical: 0.66."),
         rho=f(_CALL, "expansion_factor", expansion_factor, low=1.0, hint="Typical: 5.0."),
     )  # fmt: skip
-    step0 = f(_CALL, "initial_step", initial_step, low=0.0, hint="Typical: 1.0.")
-    eps_rel = f(
-        _CALL, "epsilon", epsilon, low=0.0, low_open=False, hint="Typical: 1e-6."
-    )
+    eps_rel = None
+    if epsilon is not None:
+        eps_rel = f(
+            _CALL, "epsilon", epsilon, low=0.0, low_open=False,
+            hint="Typical: 1e-6 (float64), 1e-3 (float32); None picks by dtype.",
+        )  # fmt: skip
     decay = f(
         _CALL, "value_average_decay", value_average_decay, low=0.0, high=1.0,
         low_open=False, high_open=False, hint="Typical: 0.7.",
     )  # fmt: skip
-    _common.check_bool(_CALL, "has_aux", has_aux)
 
-    def init_fn(params: Any) -> HagerZhangState:
-        fields = _common.init_fields(params)
+    def init_extra(fields: dict[str, Any]) -> dict[str, Any]:
         zero = jnp.zeros_like(fields["value"], dtype=fields["learning_rate"].dtype)
-        return HagerZhangState(**fields, value_average=zero, value_weight=zero)
+        return dict(value_average=zero, value_weight=zero)
 
-    def update_fn(
-        updates, state, params=None, *, value=None, grad=None, value_fn=None,
-        aux=None, **extra_args,
-    ):  # fmt: skip
-        del extra_args
-        _common.missing_args_error(_CALL, value, grad, value_fn)
+    def prepare(state: HagerZhangState, value: Any):
         dtype = state.value_average.dtype
         fk = jnp.abs(jnp.asarray(value, dtype))
         # A non-finite loss must not poison the average of later searches.
@@ -363,19 +344,15 @@ def hager_zhang(
             state.value_average + (fk - state.value_average) / jnp.maximum(weight, 1.0),
             state.value_average,
         )
-        eps = (eps_rel * average).astype(dtype)
+        rel = default_epsilon(dtype) if eps_rel is None else eps_rel
+        eps = (rel * average).astype(dtype)
 
         def algorithm(prob: Problem) -> Outcome:
             return _search(prob, cfg, eps)
 
-        new_updates, fields = _common.run_search(
-            _CALL, algorithm, updates, state, params,
-            value=value, grad=grad, value_fn=value_fn, aux=aux, has_aux=has_aux,
-            initial_step=step0, max_learning_rate=amax,
-            slope_rtol=delta, curv_rtol=sigma, strong=False,
-        )  # fmt: skip
-        return new_updates, HagerZhangState(
-            **fields, value_average=average, value_weight=weight
-        )
+        return algorithm, dict(value_average=average, value_weight=weight)
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _common.transform(
+        _CALL, common, HagerZhangState, prepare=prepare, init_extra=init_extra,
+        strong=False,
+    )  # fmt: skip

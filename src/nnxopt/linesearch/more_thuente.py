@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from .._status import Status
 from . import _common
-from ._common import LineSearchInfo, Outcome, Point, Problem
+from ._common import Outcome, Problem
 
 _CALL = "nnxopt.linesearch.more_thuente"
 _INT = jnp.int32
@@ -19,24 +19,11 @@ _INT = jnp.int32
 _P5, _P66, _XTRAPL, _XTRAPU = 0.5, 0.66, 1.1, 4.0
 
 
-class MoreThuenteState(NamedTuple):
-    """State of :func:`more_thuente`.
+class MoreThuenteState(_common.LineSearchState):
+    """State of :func:`more_thuente`: the fields of every line-search state
+    (``learning_rate``, ``value``, ``grad``, ``status``, ``aux``, ``info``)."""
 
-    Attributes:
-        learning_rate: the accepted step (0 for the zero step).
-        value: the loss at the accepted point (``inf`` after ``init``).
-        grad: the gradient at the accepted point (zeros after ``init``).
-        status: ``int32`` code of :class:`nnxopt.Status`.
-        aux: the aux of the accepted point when ``has_aux``, else None.
-        info: a :class:`LineSearchInfo`.
-    """
-
-    learning_rate: jax.Array
-    value: jax.Array
-    grad: Any
-    status: jax.Array
-    aux: Any
-    info: LineSearchInfo
+    __slots__ = ()
 
 
 def _gamma(theta, a, b, clamp=False):
@@ -143,21 +130,17 @@ class _Carry(NamedTuple):
     brackt: jax.Array
     stage2: jax.Array
     bad: jax.Array  # smallest step with a non-finite value or slope
-    last: Point
-    best: Point
-    done: jax.Array
-    converged: jax.Array
-    stopped: jax.Array
-    n: jax.Array
+    track: _common.Track
 
 
-def _search(prob: Problem, ftol, gtol, xtol, stpmax, max_steps) -> Outcome:
+def _search(prob: Problem, cfg: _common.Settings) -> Outcome:
+    ftol, gtol, xtol = cfg.slope_rtol, cfg.curv_rtol, cfg.xtol
     start = prob.start
     dtype = start.value.dtype
     finit, ginit = start.value, start.slope
     gtest = ftol * ginit
     stpmin = jnp.zeros((), dtype)
-    stpmax = jnp.asarray(stpmax, dtype)
+    stpmax = jnp.asarray(cfg.max_learning_rate, dtype)
     stp0 = prob.alpha0
     zero = jnp.zeros((), dtype)
     width = stpmax - stpmin
@@ -176,23 +159,14 @@ def _search(prob: Problem, ftol, gtol, xtol, stpmax, max_steps) -> Outcome:
         brackt=jnp.asarray(False),
         stage2=jnp.asarray(False),
         bad=jnp.asarray(jnp.inf, dtype),
-        last=start,
-        best=start,
-        done=~prob.can_search,
-        converged=jnp.asarray(False),
-        stopped=_INT(Status.MAX_LINESEARCH_STEPS),
-        n=_INT(0),
+        track=_common.start_track(prob),
     )
-
-    def cond(c: _Carry):
-        return ~c.done & (c.n < max_steps)
 
     def body(c: _Carry) -> _Carry:
         stp = c.stp
         p = prob.evaluate(stp)
         f, g = p.value, p.slope
         finite = _common.is_finite_point(p)
-        best = _common.keep_best(c.best, p)
 
         ftest = finit + stp * gtest
         stage2 = c.stage2 | ((f <= ftest) & (g >= 0))
@@ -244,10 +218,8 @@ def _search(prob: Problem, ftol, gtol, xtol, stpmax, max_steps) -> Outcome:
 
         updated = _Carry(
             nstp, stx, fx, gx, sty, fy, gy, stmin, stmax, width, width1,
-            brackt, stage2, c.bad, p, best,
-            converged | warned | stuck, converged,
-            jnp.where(warned | stuck, _INT(Status.STEP_TOO_SMALL), c.stopped),
-            c.n + 1,
+            brackt, stage2, c.bad,
+            _common.advance(c.track, p, converged, warned | stuck),
         )  # fmt: skip
 
         # A non-finite trial: halve the step towards the best point and
@@ -258,17 +230,11 @@ def _search(prob: Problem, ftol, gtol, xtol, stpmax, max_steps) -> Outcome:
         failed = c._replace(
             stp=shrunk,
             bad=bad,
-            last=p,
-            best=best,
-            done=tiny,
-            stopped=jnp.where(tiny, _INT(Status.STEP_TOO_SMALL), c.stopped),
-            n=c.n + 1,
+            track=_common.advance(c.track, p, jnp.asarray(False), tiny),
         )
         return _common.select(finite, updated, failed)
 
-    c = jax.lax.while_loop(cond, body, init)
-    point, status = _common.conclude(c.converged, c.last, c.best, start, c.stopped)
-    return Outcome(point, status, c.n, c.n, c.n)
+    return _common.iterate(prob, init, body, cfg.max_steps)
 
 
 def more_thuente(
@@ -318,28 +284,30 @@ def more_thuente(
         has_aux: whether ``value_fn`` returns ``(value, aux)``.
 
     Returns:
-        An ``optax.GradientTransformationExtraArgs`` whose ``update`` takes
-        ``updates, state, params`` and the keywords ``value``, ``grad``,
-        ``value_fn`` (and ``aux`` with ``has_aux``); its state is a
-        :class:`MoreThuenteState`.
+        The transform, with state :class:`MoreThuenteState`; call its ``update``
+        as :mod:`nnxopt.linesearch` describes.
 
     Raises:
         TypeError: an argument has the wrong type.
         ValueError: an argument is out of range.
 
     Example:
-        >>> import jax.numpy as jnp, optax
+        One search along the negative gradient of a quadratic: the unit
+        step overshoots to a point as high as the start, and the next step
+        lands next to the minimizer, 0.5.
+
+        >>> import jax, jax.numpy as jnp
+        >>> from nnxopt import Status
         >>> from nnxopt.linesearch import more_thuente
         >>> f = lambda x: jnp.sum((x - 3.0) ** 2)
         >>> x = jnp.zeros(2)
-        >>> opt = optax.lbfgs(linesearch=more_thuente())
-        >>> state = opt.init(x)
-        >>> for _ in range(3):
-        ...     v, g = optax.value_and_grad_from_state(f)(x, state=state)
-        ...     u, state = opt.update(g, state, x, value=v, grad=g, value_fn=f)
-        ...     x = optax.apply_updates(x, u)
-        >>> x.round(4).tolist()
-        [3.0, 3.0]
+        >>> v, g = jax.value_and_grad(f)(x)
+        >>> ls = more_thuente()
+        >>> u, state = ls.update(-g, ls.init(x), x, value=v, grad=g, value_fn=f)
+        >>> round(float(state.learning_rate), 3), Status(int(state.status)).name
+        (0.5, 'SUCCESS')
+        >>> int(state.info.num_value_evals)
+        2
 
     References:
         J. J. Moré and D. J. Thuente, "Line search algorithms with guaranteed
@@ -347,35 +315,10 @@ def more_thuente(
         MINPACK-2 routines ``dcsrch`` and ``dcstep`` (B. M. Averick,
         R. G. Carter, J. J. Moré, 1993).
     """
-    c1, c2 = _common.check_rtols(_CALL, slope_rtol, curv_rtol)
-    _common.check_int(_CALL, "max_linesearch_steps", max_linesearch_steps, 1)
-    stpmax = _common.check_max_learning_rate(_CALL, max_learning_rate)
-    xtol = _common.check_float(
-        _CALL, "stepsize_precision", stepsize_precision, low=0.0, low_open=False,
-        hint="Typical: 1e-10.",
+    cfg = _common.check_settings(
+        _CALL, slope_rtol, curv_rtol, max_linesearch_steps, max_learning_rate,
+        stepsize_precision, initial_step, has_aux,
     )  # fmt: skip
-    step0 = _common.check_float(
-        _CALL, "initial_step", initial_step, low=0.0, hint="Typical: 1.0."
+    return _common.transform(
+        _CALL, cfg, MoreThuenteState, functools.partial(_search, cfg=cfg)
     )
-    _common.check_bool(_CALL, "has_aux", has_aux)
-
-    def algorithm(prob: Problem) -> Outcome:
-        return _search(prob, c1, c2, xtol, stpmax, max_linesearch_steps)
-
-    def init_fn(params: Any) -> MoreThuenteState:
-        return MoreThuenteState(**_common.init_fields(params))
-
-    def update_fn(
-        updates, state, params=None, *, value=None, grad=None, value_fn=None,
-        aux=None, **extra_args,
-    ):  # fmt: skip
-        del extra_args
-        new_updates, fields = _common.run_search(
-            _CALL, algorithm, updates, state, params,
-            value=value, grad=grad, value_fn=value_fn, aux=aux, has_aux=has_aux,
-            initial_step=step0, max_learning_rate=stpmax,
-            slope_rtol=c1, curv_rtol=c2,
-        )  # fmt: skip
-        return new_updates, MoreThuenteState(**fields)
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

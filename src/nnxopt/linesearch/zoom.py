@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from .._status import Status
 from . import _common
-from ._common import LineSearchInfo, Outcome, Point, Problem
+from ._common import Outcome, Point, Problem
 
 _CALL = "nnxopt.linesearch.zoom"
 _INT = jnp.int32
@@ -23,24 +23,11 @@ _SHRINK = 0.66
 _XTRAPL, _XTRAPU = 1.1, 4.0
 
 
-class ZoomState(NamedTuple):
-    """State of :func:`zoom`.
+class ZoomState(_common.LineSearchState):
+    """State of :func:`zoom`: the fields of every line-search state
+    (``learning_rate``, ``value``, ``grad``, ``status``, ``aux``, ``info``)."""
 
-    Attributes:
-        learning_rate: the accepted step (0 for the zero step).
-        value: the loss at the accepted point (``inf`` after ``init``).
-        grad: the gradient at the accepted point (zeros after ``init``).
-        status: ``int32`` code of :class:`nnxopt.Status`.
-        aux: the aux of the accepted point when ``has_aux``, else None.
-        info: a :class:`LineSearchInfo`.
-    """
-
-    learning_rate: jax.Array
-    value: jax.Array
-    grad: Any
-    status: jax.Array
-    aux: Any
-    info: LineSearchInfo
+    __slots__ = ()
 
 
 def cubic_min(a, fa, ga, b, fb, gb):
@@ -77,15 +64,12 @@ class _Carry(NamedTuple):
     hi: Point
     width: jax.Array  # |hi - lo| one and two zoom steps ago
     width1: jax.Array
-    last: Point
-    best: Point
-    done: jax.Array
-    converged: jax.Array
-    stopped: jax.Array
-    n: jax.Array
+    track: _common.Track
 
 
-def _search(prob: Problem, c1, c2, xtol, amax, max_steps) -> Outcome:
+def _search(prob: Problem, cfg: _common.Settings) -> Outcome:
+    c1, c2, xtol = cfg.slope_rtol, cfg.curv_rtol, cfg.xtol
+    amax, max_steps = cfg.max_learning_rate, cfg.max_steps
     start = prob.start
     f0, g0 = start.value, start.slope
     init = _Carry(
@@ -96,28 +80,19 @@ def _search(prob: Problem, c1, c2, xtol, amax, max_steps) -> Outcome:
         hi=start,
         width=jnp.asarray(jnp.inf, start.value.dtype),
         width1=jnp.asarray(jnp.inf, start.value.dtype),
-        last=start,
-        best=start,
-        done=~prob.can_search,
-        converged=jnp.asarray(False),
-        stopped=_INT(Status.MAX_LINESEARCH_STEPS),
-        n=_INT(0),
+        track=_common.start_track(prob),
     )
-
-    def cond(c: _Carry):
-        return ~c.done & (c.n < max_steps)
 
     def body(c: _Carry) -> _Carry:
         p = prob.evaluate(c.alpha)
         finite = _common.is_finite_point(p)
-        best = _common.keep_best(c.best, p)
         curvature = finite & (jnp.abs(p.slope) <= -c2 * g0)
         armijo = finite & (p.value <= f0 + c1 * p.alpha * g0)
 
         # Bracketing (Nocedal & Wright alg. 3.5): a non-finite or too high
         # point, or one higher than the previous, ends the bracket on the
         # right; an increasing slope ends it on the left.
-        too_high = ~armijo | ((c.n > 0) & (p.value >= c.prev.value))
+        too_high = ~armijo | ((c.track.n > 0) & (p.value >= c.prev.value))
         at_max = armijo & ~curvature & (p.slope < 0) & (p.alpha >= amax)
         b_lo = _common.select(too_high, c.prev, p)
         b_hi = _common.select(too_high, p, c.prev)
@@ -159,17 +134,10 @@ def _search(prob: Problem, c1, c2, xtol, amax, max_steps) -> Outcome:
             hi=hi,
             width=jnp.where(zooming, width, c.width),
             width1=jnp.where(zooming, c.width, c.width1),
-            last=p,
-            best=best,
-            done=converged | tiny,
-            converged=converged,
-            stopped=jnp.where(tiny, _INT(Status.STEP_TOO_SMALL), c.stopped),
-            n=c.n + 1,
+            track=_common.advance(c.track, p, converged, tiny),
         )
 
-    c = jax.lax.while_loop(cond, body, init)
-    point, status = _common.conclude(c.converged, c.last, c.best, start, c.stopped)
-    return Outcome(point, status, c.n, c.n, c.n)
+    return _common.iterate(prob, init, body, max_steps)
 
 
 def zoom(
@@ -219,10 +187,8 @@ def zoom(
         has_aux: whether ``value_fn`` returns ``(value, aux)``.
 
     Returns:
-        An ``optax.GradientTransformationExtraArgs``; its ``update`` takes
-        ``updates, state, params`` and the keywords ``value``, ``grad``,
-        ``value_fn`` (and ``aux`` with ``has_aux``); its state is a
-        :class:`ZoomState`.
+        The transform, with state :class:`ZoomState`; call its ``update``
+        as :mod:`nnxopt.linesearch` describes.
 
     Raises:
         TypeError: an argument has the wrong type.
@@ -246,35 +212,8 @@ def zoom(
         J. Nocedal and S. J. Wright, *Numerical Optimization*, 2nd ed.,
         Springer, 2006: algorithms 3.5 and 3.6, eq. (3.59).
     """
-    c1, c2 = _common.check_rtols(_CALL, slope_rtol, curv_rtol)
-    _common.check_int(_CALL, "max_linesearch_steps", max_linesearch_steps, 1)
-    amax = _common.check_max_learning_rate(_CALL, max_learning_rate)
-    xtol = _common.check_float(
-        _CALL, "stepsize_precision", stepsize_precision, low=0.0, low_open=False,
-        hint="Typical: 1e-10.",
+    cfg = _common.check_settings(
+        _CALL, slope_rtol, curv_rtol, max_linesearch_steps, max_learning_rate,
+        stepsize_precision, initial_step, has_aux,
     )  # fmt: skip
-    step0 = _common.check_float(
-        _CALL, "initial_step", initial_step, low=0.0, hint="Typical: 1.0."
-    )
-    _common.check_bool(_CALL, "has_aux", has_aux)
-
-    def algorithm(prob: Problem) -> Outcome:
-        return _search(prob, c1, c2, xtol, amax, max_linesearch_steps)
-
-    def init_fn(params: Any) -> ZoomState:
-        return ZoomState(**_common.init_fields(params))
-
-    def update_fn(
-        updates, state, params=None, *, value=None, grad=None, value_fn=None,
-        aux=None, **extra_args,
-    ):  # fmt: skip
-        del extra_args
-        new_updates, fields = _common.run_search(
-            _CALL, algorithm, updates, state, params,
-            value=value, grad=grad, value_fn=value_fn, aux=aux, has_aux=has_aux,
-            initial_step=step0, max_learning_rate=amax,
-            slope_rtol=c1, curv_rtol=c2,
-        )  # fmt: skip
-        return new_updates, ZoomState(**fields)
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _common.transform(_CALL, cfg, ZoomState, functools.partial(_search, cfg=cfg))
