@@ -3,8 +3,10 @@
 Compares, on the same data, Adam (``optax.adam``) and L-BFGS (``optax.lbfgs``)
 driven by the same one-line training step, and prints the loss as it goes.
 
-    python examples/lbfgs_minimize_step.py
+    python examples/lbfgs_minimize_step.py [--quick]
 """
+
+import sys
 
 import jax.numpy as jnp
 import optax
@@ -47,4 +49,4 @@ def main(steps: int = 200) -> dict[str, float]:
 
 
 if __name__ == "__main__":
-    main()
+    main(steps=50 if "--quick" in sys.argv[1:] else 200)

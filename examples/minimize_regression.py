@@ -1,13 +1,14 @@
 """Full-batch training with ``nnxopt.minimize``: Adam warm-up, then L-BFGS.
 
-Run: ``python examples/minimize_regression.py``.
+Run: ``python examples/minimize_regression.py`` (``--quick``: fewer steps).
 """
 
+import sys
+
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
-from nnxopt._minimize import minimize
+import nnxopt
 
 
 class MLP(nnx.Module):
@@ -23,19 +24,25 @@ def loss_fn(model, x, y):
     return jnp.mean((model(x) - y) ** 2)
 
 
-def main() -> None:
+def main(quick: bool = False) -> None:
     x = jnp.linspace(-jnp.pi, jnp.pi, 64)[:, None]
     y = jnp.sin(x)
     model = MLP(nnx.Rngs(0))
-    warm = minimize(loss_fn, model, x, y, tx=optax.adam(1e-2), maxiter=100)
-    final = minimize(loss_fn, model, x, y, maxiter=500)  # default L-BFGS
-    print(f"adam:   loss {float(warm.fun):.3e} after {warm.nit} iterations")
-    print(
-        f"L-BFGS: loss {float(final.fun):.3e} after {final.nit} iterations, "
-        f"{final.nfev} evaluations: {final.message}"
+    out = nnxopt.adam_then_lbfgs(
+        loss_fn,
+        model,
+        x,
+        y,
+        adam_steps=100,
+        learning_rate=1e-2,
+        maxiter=100 if quick else 500,
     )
-    assert float(final.fun) < float(warm.fun)
+    print(f"adam:   loss {float(out.adam.fun):.3e} after {out.adam.nit} iterations")
+    print(
+        f"L-BFGS: loss {float(out.lbfgs.fun):.3e} after {out.lbfgs.nit} iterations, "
+        f"{out.lbfgs.nfev} evaluations: {out.lbfgs.message}"
+    )
 
 
 if __name__ == "__main__":
-    main()
+    main(quick="--quick" in sys.argv[1:])
