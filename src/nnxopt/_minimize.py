@@ -298,13 +298,15 @@ def minimize(
         if bar is not None:
             bar.close()
     nnx.update(model, new_params, new_rest)
-    status = Status(int(stats["status"]))
+    # One device-to-host transfer for all the integer fields, not one each.
+    counts = jax.device_get(tuple(stats[k] for k in ("status", "nit", "nfev", "njev")))
+    status = Status(int(counts[0]))
     return MinimizeResult(
         fun=stats["fun"],
         grad_norm=stats["grad_norm"],
-        nit=int(stats["nit"]),
-        nfev=int(stats["nfev"]),
-        njev=int(stats["njev"]),
+        nit=int(counts[1]),
+        nfev=int(counts[2]),
+        njev=int(counts[3]),
         success=status.success,
         status=status,
         message=status.message,
@@ -652,7 +654,7 @@ def _make_bar(total: int) -> Any:
 
 def _np_dtype(dtype: Any) -> Any:
     """``dtype`` as NumPy knows it; float64 only where JAX has it enabled."""
-    return jnp.dtype(jnp.result_type(jnp.zeros((), dtype)))
+    return jax.dtypes.canonicalize_dtype(dtype)  # no array built, nothing dispatched
 
 
 def _lowest_precision(params: PyTree) -> Any:
