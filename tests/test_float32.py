@@ -22,6 +22,7 @@ import numpy as np
 import optax
 import problems as P
 import pytest
+from flax import nnx
 
 import nnxopt
 from nnxopt import linesearch
@@ -82,30 +83,32 @@ def test_default_linesearch_follows_dtype():
     assert default_epsilon(jnp.float32) == 1e-3
 
 
-@pytest.mark.parametrize("name", ["pinn1d"])
-def test_float32_reaches_scipy_float64_loss(name):
-    # The MLP is checked through nnxopt.minimize below: along this raw loop
-    # its float32 trajectory needs 513 evaluations against 292 (1.76x), a
-    # trajectory effect (other seeds: 0.78x to 1.14x), not a search failure.
-    evals64 = _evals_to(name, "float64")
-    evals32 = _evals_to(name, "float32")
-    assert evals64 is not None, "float64 did not reach scipy's loss"
-    assert evals32 is not None, "float32 did not reach scipy's loss"
-    assert evals32 <= MAX_EVAL_RATIO * evals64, (evals32, evals64)
-
-
-def test_minimize_float32_mlp_reaches_scipy_loss():
-    # With ftol=0 the solve runs on until maxfev; the default ftol stops both
-    # precisions early (see the issue note).
-    q = P.mlp_regression(dtype=jnp.float32)
+def _minimize_evals_to_target(name: str, dtype, **options):
+    make = {"mlp": P.mlp_regression, "pinn1d": P.pinn_poisson_1d}[name]
+    q = make(dtype=dtype)
     model = q.make_model()
-    res = nnxopt.minimize(q.loss_fn, model, *q.batch, gtol=1e-8, ftol=0.0, maxfev=450)
+    res = nnxopt.minimize(q.loss_fn, model, *q.batch, **options)
     h = res.history.trim()
-    hit = np.nonzero(np.asarray(h.value) <= SCIPY_DEFAULT_F64["mlp"])[0]
-    assert hit.size, float(res.fun)
-    assert model.out.kernel[...].dtype == jnp.float32
-    # nnxopt float64 reaches this loss in 248 evaluations.
-    assert int(np.asarray(h.nfev)[hit[0]]) <= MAX_EVAL_RATIO * 248
+    hit = np.nonzero(np.asarray(h.value) <= SCIPY_DEFAULT_F64[name])[0]
+    assert hit.size, (name, dtype, float(res.fun), res.status)
+    return res, model, h, int(np.asarray(h.nfev)[hit[0]])
+
+
+@pytest.mark.parametrize("name", ["mlp", "pinn1d"])
+def test_minimize_float32_defaults_reach_scipy_float64_loss(name):
+    # float64 with ftol=0: scipy's default ftol stops both problems on a
+    # plateau before scipy's own (luckier) trajectory gets there.
+    _, _, _, evals64 = _minimize_evals_to_target(name, jnp.float64, ftol=0.0)
+    res, model, h, evals32 = _minimize_evals_to_target(name, jnp.float32)
+    assert res.status is nnxopt.Status.CONVERGED_GTOL, res.message
+    assert jax.tree.leaves(nnx.state(model, nnx.Param))[0].dtype == jnp.float32
+    assert evals32 <= MAX_EVAL_RATIO * evals64, (evals32, evals64)
+    if name == "pinn1d":
+        # Hager-Zhang's approximate Wolfe test accepts steps that raise the
+        # float32 loss within round-off; they must not meet ftol (this solve
+        # used to stop on the first one, at 4.0e-5).
+        rises = np.nonzero(np.diff(np.asarray(h.value)) > 0)[0]
+        assert rises.size and rises[0] < len(h.value) - 2
 
 
 def test_hager_zhang_float32_mlp_beats_optax_zoom():

@@ -44,7 +44,7 @@ _CALL = "nnxopt.minimize"
 #: Default ``gtol`` and ``ftol`` per floating-point precision (see ``default_tols``).
 DEFAULT_TOLS: dict[str, tuple[float, float]] = {
     "float64": (1e-5, 1e7 * float(np.finfo(np.float64).eps)),
-    "float32": (1e-5, 1e7 * float(np.finfo(np.float64).eps)),
+    "float32": (1e-5, 0.0),
     "float16": (1e-3, 10 * float(np.finfo(np.float16).eps)),
     "bfloat16": (1e-2, 10 * 2.0**-7),
 }
@@ -62,20 +62,22 @@ def default_tols(dtype: Any) -> tuple[float, float]:
     """Return the default ``(gtol, ftol)`` for parameters of ``dtype``.
 
     float64 uses scipy's L-BFGS-B defaults: ``gtol=1e-5`` and ``ftol = factr *
-    eps64`` with ``factr=1e7`` (about ``2.2e-9``). float32 keeps both. The
-    relative decrease is divided by ``max(|f_k|, |f_{k+1}|, 1)``, so below a
-    loss of 1 ``ftol`` bounds an *absolute* decrease, which float32 resolves far
-    below ``2.2e-9`` for small losses; and a stalled solve (zero decrease) meets
-    any ``ftol``. A larger float32 ``ftol`` (``1e-7``, ``1e-6``) stopped MLP and
-    PINN solves 10 to 100 times above the loss scipy reaches in float64.
-    float16 and bfloat16 use ``gtol=1e-3`` / ``1e-2`` and ``ftol = 10 * eps``.
+    eps64`` with ``factr=1e7`` (about ``2.2e-9``). float32 keeps ``gtol=1e-5``
+    and uses ``ftol=0``: the solve stops on the gradient, or when an accepted
+    step does not decrease the loss at all (the float32 floor). The relative
+    decrease is divided by ``max(|f_k|, |f_{k+1}|, 1)``, so below a loss of 1
+    ``ftol`` bounds an *absolute* decrease, which float32 resolves far below
+    ``2.2e-9`` for small losses: with ``ftol=2.2e-9`` a float32 PINN solve stopped
+    on a plateau 10 times above the loss scipy reaches in float64; with ``0`` it
+    reaches that loss and stops on ``gtol``. float16 and bfloat16 use ``gtol=1e-3`` /
+    ``1e-2`` and ``ftol = 10 * eps``.
 
     Example:
         >>> import jax.numpy as jnp
-        >>> default_tols(jnp.float32) == default_tols(jnp.float64)
-        True
         >>> default_tols(jnp.float64)
         (1e-05, 2.220446049250313e-09)
+        >>> default_tols(jnp.float32)
+        (1e-05, 0.0)
     """
     name = jnp.dtype(dtype).name
     return DEFAULT_TOLS.get(name, DEFAULT_TOLS["float32"])
@@ -179,16 +181,15 @@ def minimize(
     returned. The loop stops at the first of (scipy's meanings):
 
     - ``gtol``: ``max_i |g_i| <= gtol`` (infinity norm of the gradient);
-    - ``ftol``: ``(f_k - f_{k+1}) / max(|f_k|, |f_{k+1}|, 1) <= ftol`` (only for
-      transforms with a line search, whose iterates decrease the loss);
+    - ``ftol``: ``0 <= (f_k - f_{k+1}) / max(|f_k|, |f_{k+1}|, 1) <= ftol`` (only
+      for transforms with a line search; a step that raises the loss, which an
+      approximate-Wolfe search may accept within round-off, does not stop it);
     - ``maxiter`` iterations or ``maxfev`` evaluations;
     - a line search that finds no decrease, a non-finite loss, gradient or
       iterate, or ``callback`` returning ``True``.
 
-    The model is left at the last accepted iterate for line-search transforms
-    (each one decreases the loss); for other transforms at the last iterate on
-    success and at the best (lowest-loss) one otherwise; never at a non-finite
-    point.
+    The model is left at the last iterate on success (``gtol``, ``ftol``) and at
+    the best (lowest-loss) accepted one otherwise; never at a non-finite point.
 
     Evaluations: when the transform stores the value and gradient of its accepted
     point (L-BFGS, line searches), they are reused, so ``nfev = 1 + line-search
@@ -214,8 +215,9 @@ def minimize(
         wrt: NNX filter of the Variables to optimize.
         gtol: gradient tolerance; default ``1e-5`` in float64 and float32
             (scipy's), see :func:`default_tols`. ``0`` disables it.
-        ftol: relative-decrease tolerance; default ``2.2e-9`` in float64 and
-            float32 (scipy's ``factr=1e7``). ``0`` disables it.
+        ftol: relative-decrease tolerance; default ``2.2e-9`` in float64
+            (scipy's ``factr=1e7``) and ``0`` in float32. ``0`` stops only on an
+            accepted step that leaves the loss unchanged.
         maxiter: maximum number of iterations (default 15000, scipy's).
         maxfev: maximum number of loss evaluations (default 15000, scipy's).
         has_aux: whether ``loss_fn`` returns ``(loss, aux)``; ``result.aux`` is the
@@ -332,8 +334,8 @@ class _Carry(NamedTuple):
     njev: jax.Array
     status: jax.Array
     fails: jax.Array  # consecutive failed line searches
-    best: tuple  # (params, written, value, grad_norm, aux) of the lowest value;
-    # () for line-search transforms, whose last iterate is the best
+    best: tuple  # (params, written, value, grad_norm, aux) of the lowest value
+    # (an approximate-Wolfe search may accept a step that raises the loss a little)
     history: tuple  # (value, grad_norm, nfev), length maxiter + 1
 
 
@@ -394,7 +396,7 @@ def _solve(
         one,
         status0,
         0 * one,
-        () if has_ls else (params, written0, f0, gn0, aux0),
+        (params, written0, f0, gn0, aux0),
         hist,
     )
 
@@ -437,7 +439,10 @@ def _solve(
             (~finite, Status.NON_FINITE),
             (fails >= max_fails, Status.LINESEARCH_FAILED),
             (accept & (gn <= gtol), Status.CONVERGED_GTOL),
-            (accept & (rel <= ftol) if has_ls else False, Status.CONVERGED_FTOL),
+            (
+                accept & (rel >= 0) & (rel <= ftol) if has_ls else False,
+                Status.CONVERGED_FTOL,
+            ),
             (accept & stop, Status.CALLBACK_STOP),
             (nit >= maxiter, Status.MAX_ITER),
             (nfev >= maxfev, Status.MAX_FEV),
@@ -466,11 +471,8 @@ def _solve(
             status=status,
             fails=fails,
         )
-        if has_ls:  # the iterates decrease the loss: the last one is the best
-            best = c.best
-        else:
-            better = accept & (f < c.best[2])
-            best = _select(better, (x, written, f, gn, aux), c.best)
+        better = accept & (f < c.best[2])
+        best = _select(better, (x, written, f, gn, aux), c.best)
         hv, hg, hn = c.history
         i = nit
         history = (
@@ -482,10 +484,7 @@ def _solve(
 
     c = jax.lax.while_loop(lambda c: c.status == Status.RUNNING, body, init)
     last = (c.params, c.written, c.value, _inf_norm(c.grad, dtype), c.aux)
-    if has_ls:
-        x, written, fun, gnorm, aux = last
-    else:
-        x, written, fun, gnorm, aux = _select(is_success(c.status), last, c.best)
+    x, written, fun, gnorm, aux = _select(is_success(c.status), last, c.best)
     nfev = c.nfev
     if objective.has_aux and reuse:
         fun, (aux, _) = objective.evaluate(x, rest, args, kwargs)
