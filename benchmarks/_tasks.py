@@ -186,16 +186,11 @@ QUICK = ("rosenbrock", "logistic500x20")
 #: ``--full`` runs all problems of ``tests/problems.py``.
 DEFAULT = (
     "rosenbrock",
-    "freudenstein_roth",
     "powell_badly_scaled",
-    "beale",
-    "helical_valley",
     "meyer",
     "wood",
-    "biggs_exp6",
     "watson9",
     "extended_rosenbrock100",
-    "penalty2_10",
     "least_squares200x50",
     "logistic500x20",
     "mlp_sin_w32d1",
@@ -203,24 +198,44 @@ DEFAULT = (
     "batchnorm_w32",
 )
 
+#: ``--suite nnx``: the NNX workloads (run it with ``--dtype float32`` too).
+NNX = ("mlp_sin_w32d1", "pinn1d_w16d2", "pinn2d_w16d2", "batchnorm_w32")
+
+#: ``--suite sizes``: tanh MLPs (3 hidden layers) from 10^3 to 10^5 parameters,
+#: for how the cost per evaluation grows with size (no scipy reference: no
+#: "to target" view; run with a fixed ``--maxiter`` and ``--gtol 0``).
+SIZES = {"mlp_sin_w20d3": 20, "mlp_sin_w70d3": 70, "mlp_sin_w220d3": 220}
+
+SUITES = ("default", "quick", "full", "nnx", "sizes")
+
 
 def build_tasks(
     names: list[str] | None = None,
     quick: bool = False,
     full: bool = False,
     dtype: Any = jnp.float64,
+    suite: str = "default",
 ) -> list[Task]:
-    """Return the benchmark tasks (named, ``QUICK``, all, or ``DEFAULT``), in order."""
+    """Return the benchmark tasks (named, or those of ``suite``), in order.
+
+    ``quick`` and ``full`` are the ``"quick"`` and ``"full"`` suites.
+    """
     problems = _problems.load()
     refs = problems.SCIPY_REFERENCE
+    suite = "quick" if quick else "full" if full else suite
+    if suite not in SUITES:
+        raise ValueError(f"build_tasks: unknown suite {suite!r}; known: {SUITES}")
     if names:
-        wanted = set(names)
-    elif quick:
-        wanted = set(QUICK)
-    elif full:
-        wanted = None
+        wanted: set[str] | None = set(names)
+    elif suite == "sizes":
+        return [
+            _nnx_task(problems.mlp_regression(width=w, depth=3, dtype=dtype), refs)
+            for w in SIZES.values()
+        ]
     else:
-        wanted = set(DEFAULT)
+        wanted = {"quick": set(QUICK), "full": None, "nnx": set(NNX)}.get(
+            suite, set(DEFAULT)
+        )
     tasks = []
     for p in problems.flat_problems():
         if wanted is None or p.name in wanted:
@@ -231,4 +246,9 @@ def build_tasks(
     for q in problems.nnx_problems(dtype):
         if wanted is None or q.name in wanted:
             tasks.append(_nnx_task(q, refs))
+    if names:
+        for name, width in SIZES.items():
+            if name in wanted:  # type: ignore[operator]
+                q = problems.mlp_regression(width=width, depth=3, dtype=dtype)
+                tasks.append(_nnx_task(q, refs))
     return tasks

@@ -86,3 +86,21 @@ def test_nnxopt_needs_no_more_evaluations_than_scipy_on_the_quick_set(quick_run)
         ours = by[(problem, "nnxopt")]["evals_to_target"]
         scipy = by[(problem, "scipy")]["evals_to_target"]
         assert ours <= 1.15 * scipy, (problem, ours, scipy)
+
+
+def test_suites_cover_nnx_workloads_and_sizes_up_to_1e5():
+    import jax.numpy as jnp
+
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from benchmarks._tasks import NNX, build_tasks
+
+    sizes = build_tasks(suite="sizes", dtype=jnp.float32)
+    counts = [t.n for t in sizes]
+    assert counts == sorted(counts) and counts[0] >= 900 and 0.9e5 <= counts[-1] <= 2e5
+    assert all(t.dtype == jnp.float32 and t.f_ref is None for t in sizes)
+    nnx = build_tasks(suite="nnx", dtype=jnp.float32)
+    assert [t.name for t in nnx] == list(NNX)
+    assert all(t.dtype == jnp.float32 and t.f_ref is not None for t in nnx)
+    with pytest.raises(ValueError, match="unknown suite"):
+        build_tasks(suite="huge")

@@ -3,13 +3,11 @@ L-BFGS-B reaches in float64, at a float64-like cost.
 
 Targets: what ``scipy.optimize.minimize(fun, x0, jac=True, method="L-BFGS-B")``
 with its *default* options reaches in float64 from ``nnx_flat(problem)``'s
-start (``tests/problems.py`` records only the tight-tolerance run):
-
-- ``mlp_sin_w32d1``: 2.3012568824784e-06 in 185 evaluations;
-- ``pinn1d_w16d2``: 3.9607069341264e-06 in 251 evaluations.
+start (``tests/problems.py`` records only the tight-tolerance run), for the
+MLP regression and the 1-D Poisson PINN, from four seeds.
 
 Cost: evaluations to first reach the target along the solve, float32 against
-the same solver in float64 (at most 1.5 times).
+nnxopt in float64 (geometric mean over the seeds at most 1.5).
 """
 
 from __future__ import annotations
@@ -83,32 +81,88 @@ def test_default_linesearch_follows_dtype():
     assert default_epsilon(jnp.float32) == 1e-3
 
 
-def _minimize_evals_to_target(name: str, dtype, **options):
-    make = {"mlp": P.mlp_regression, "pinn1d": P.pinn_poisson_1d}[name]
-    q = make(dtype=dtype)
-    model = q.make_model()
-    res = nnxopt.minimize(q.loss_fn, model, *q.batch, **options)
-    h = res.history.trim()
-    hit = np.nonzero(np.asarray(h.value) <= SCIPY_DEFAULT_F64[name])[0]
-    assert hit.size, (name, dtype, float(res.fun), res.status)
-    return res, model, h, int(np.asarray(h.nfev)[hit[0]])
+#: scipy L-BFGS-B with default options, float64, from ``nnx_flat`` of each
+#: problem and seed (``test_recorded_scipy_default_losses`` recomputes them).
+SCIPY_DEFAULT_F64_SEEDS = {
+    ("mlp", 0): 2.301256882478456e-06,  # 185 evaluations
+    ("mlp", 1): 7.181903873691994e-06,  # 346 evaluations
+    ("mlp", 2): 1.3658643890468976e-05,  # 202 evaluations
+    ("mlp", 3): 4.965103811563452e-06,  # 271 evaluations
+    ("pinn1d", 0): 3.96070693412638e-06,  # 251 evaluations
+    ("pinn1d", 1): 3.325240582511015e-05,  # 481 evaluations
+    ("pinn1d", 2): 8.535062070346088e-06,  # 329 evaluations
+    ("pinn1d", 3): 2.700056941114309e-05,  # 340 evaluations
+}
+SEEDS = (0, 1, 2, 3)
+_MAKE = {"mlp": P.mlp_regression, "pinn1d": P.pinn_poisson_1d}
+
+
+@functools.cache
+def _seed_runs(name: str, dtype_name: str) -> tuple:
+    """``minimize`` from each seed's start: (evaluations to target, result, model).
+
+    One ``loss_fn`` serves every seed (the seeds change the initial weights
+    only), so each (problem, dtype) compiles once. float64 runs with ``ftol=0``:
+    scipy's default ftol stops it on a plateau before scipy's own trajectory
+    gets to the target; float32 runs with its defaults.
+    """
+    dtype = jnp.dtype(dtype_name)
+    base = _MAKE[name](dtype=dtype)
+    options = {"ftol": 0.0} if dtype == jnp.float64 else {}
+    runs = []
+    for seed in SEEDS:
+        model = _MAKE[name](dtype=dtype, seed=seed).make_model()
+        res = nnxopt.minimize(base.loss_fn, model, *base.batch, **options)
+        h = res.history.trim()
+        hit = np.nonzero(h.value <= SCIPY_DEFAULT_F64_SEEDS[name, seed])[0]
+        runs.append((int(h.nfev[hit[0]]) if hit.size else None, res, model))
+    return tuple(runs)
 
 
 @pytest.mark.parametrize("name", ["mlp", "pinn1d"])
 def test_minimize_float32_defaults_reach_scipy_float64_loss(name):
-    # float64 with ftol=0: scipy's default ftol stops both problems on a
-    # plateau before scipy's own (luckier) trajectory gets there.
-    _, _, _, evals64 = _minimize_evals_to_target(name, jnp.float64, ftol=0.0)
-    res, model, h, evals32 = _minimize_evals_to_target(name, jnp.float32)
-    assert res.status is nnxopt.Status.CONVERGED_GTOL, res.message
-    assert jax.tree.leaves(nnx.state(model, nnx.Param))[0].dtype == jnp.float32
-    assert evals32 <= MAX_EVAL_RATIO * evals64, (evals32, evals64)
-    if name == "pinn1d":
-        # Hager-Zhang's approximate Wolfe test accepts steps that raise the
-        # float32 loss within round-off; they must not meet ftol (this solve
-        # used to stop on the first one, at 4.0e-5).
-        rises = np.nonzero(np.diff(np.asarray(h.value)) > 0)[0]
-        assert rises.size and rises[0] < len(h.value) - 2
+    # Past a few dozen iterations float32 and float64 trajectories part through
+    # round-off, so single-seed ratios scatter (0.26x to 2.2x measured); the
+    # claim is made on the geometric mean over four seeds, and every float32
+    # solve must reach scipy's float64 loss.
+    runs64, runs32 = _seed_runs(name, "float64"), _seed_runs(name, "float32")
+    ratios = []
+    for seed, (e64, _, _), (e32, res, model) in zip(SEEDS, runs64, runs32):
+        assert e64 is not None, f"float64, seed {seed}: did not reach scipy's loss"
+        assert e32 is not None, (seed, float(res.fun), res.message)
+        assert res.status is nnxopt.Status.CONVERGED_GTOL, (seed, res.message)
+        assert jax.tree.leaves(nnx.state(model, nnx.Param))[0].dtype == jnp.float32
+        ratios.append(e32 / e64)
+    mean = float(np.exp(np.mean(np.log(ratios))))
+    assert mean <= MAX_EVAL_RATIO, (mean, ratios)
+
+
+def test_float32_rises_within_round_off_do_not_stop_the_solve():
+    # Hager-Zhang's approximate Wolfe test accepts steps that raise the float32
+    # loss within round-off; they must not meet ftol (a float32 PINN solve used
+    # to stop on the first one, at 4.0e-5), and the solve ends on gtol.
+    rises = 0
+    for _, res, _ in _seed_runs("pinn1d", "float32"):
+        values = res.history.trim().value
+        rises += int(np.sum(np.diff(values[:-1]) > 0))
+        assert res.status is nnxopt.Status.CONVERGED_GTOL
+    assert rises > 0
+
+
+@pytest.mark.slow
+def test_recorded_scipy_default_losses():
+    import scipy.optimize
+
+    for (name, seed), recorded in SCIPY_DEFAULT_F64_SEEDS.items():
+        fn, x0 = P.nnx_flat(_MAKE[name](dtype=jnp.float64, seed=seed))
+        vg = jax.jit(jax.value_and_grad(fn))
+
+        def fun(x, vg=vg):
+            f, g = vg(jnp.asarray(x))
+            return float(f), np.asarray(g, np.float64)
+
+        ref = scipy.optimize.minimize(fun, np.asarray(x0), jac=True, method="L-BFGS-B")
+        assert ref.fun == pytest.approx(recorded, rel=1e-6), (name, seed)
 
 
 def test_hager_zhang_float32_mlp_beats_optax_zoom():

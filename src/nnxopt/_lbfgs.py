@@ -129,6 +129,11 @@ def _scale(a: jax.Array | float, x: Any) -> Any:
     return jax.tree.map(lambda xi: jnp.asarray(a, xi.dtype) * xi, x)
 
 
+def _zero_if(cond: jax.Array, weights: jax.Array) -> jax.Array:
+    """Discard every stored pair (weights 0) when ``cond``; the buffers stay."""
+    return jnp.where(cond, jnp.zeros_like(weights), weights)
+
+
 def _where(cond: jax.Array, x: Any, y: Any) -> Any:
     return jax.tree.map(lambda xi, yi: jnp.where(cond, xi, yi), x, y)
 
@@ -171,7 +176,8 @@ def two_loop_recursion(
 
     def first_loop(q: Any, i: jax.Array) -> tuple[Any, jax.Array]:
         s, y = take(i)
-        alpha = weights_memory[i] * _vdot(s, q, dtype)
+        w = weights_memory[i]  # 0: an empty or discarded slot, skipped
+        alpha = jnp.where(w != 0, w * _vdot(s, q, dtype), 0)
         return _axpy(-alpha, y, q), alpha
 
     q, alphas = jax.lax.scan(first_loop, grad, newest_first)
@@ -180,7 +186,8 @@ def two_loop_recursion(
     def second_loop(r: Any, i_alpha: tuple[jax.Array, jax.Array]) -> tuple[Any, None]:
         i, alpha = i_alpha
         s, y = take(i)
-        beta = weights_memory[i] * _vdot(y, r, dtype)
+        w = weights_memory[i]
+        beta = jnp.where(w != 0, w * _vdot(y, r, dtype), 0)
         return _axpy(alpha - beta, s, r), None
 
     r, _ = jax.lax.scan(second_loop, r, (newest_first, alphas), reverse=True)
@@ -398,20 +405,21 @@ def lbfgs(
         # memory, if any, is what sent the solve astray.
         reset = measured & (bad_search | (ss == 0)) & (state.num_pairs > 0)
 
-        def keep_unless(cond: jax.Array, tree: Any) -> Any:
-            return jax.tree.map(lambda x: jnp.where(cond, jnp.zeros_like(x), x), tree)
-
+        # A reset zeroes the weights only: a slot of weight 0 is skipped by the
+        # two-loop recursion, and the O(m n) pair buffers are never copied.
         memory = (
             state.diff_params_memory,
             state.diff_updates_memory,
-            state.weights_memory,
+            _zero_if(reset, state.weights_memory),
         )
-        memory = keep_unless(reset, memory)
         num_pairs = jnp.where(reset, 0, state.num_pairs)
         idx = state.memory_idx
         rho = jnp.where(pair_ok, 1 / jnp.where(pair_ok, sy, 1), 0).astype(dtype)
-        stored = jax.tree.map(lambda mem, v: mem.at[idx].set(v), memory, (s, y, rho))
-        memory = _where(pair_ok, stored, memory)
+        # A skipped pair writes out of bounds (dropped): an in-place update.
+        slot = jnp.where(pair_ok, idx, m)
+        memory = jax.tree.map(
+            lambda mem, v: mem.at[slot].set(v, mode="drop"), memory, (s, y, rho)
+        )
         memory_idx = jnp.where(pair_ok, (idx + 1) % m, idx)
         num_pairs = jnp.where(pair_ok, jnp.minimum(num_pairs + 1, m), num_pairs)
         radius = jnp.where(pair_ok, jnp.ones_like(state.radius), state.radius)
@@ -436,7 +444,7 @@ def lbfgs(
             & ~(_all_finite(direction) & jnp.isfinite(slope) & (slope < 0))
         )
         direction = _where(bad_direction, _scale(-gamma_empty, g), direction)
-        memory = keep_unless(bad_direction, memory)
+        memory = (*memory[:2], _zero_if(bad_direction, memory[2]))
         num_pairs = jnp.where(bad_direction, 0, num_pairs)
         reset |= bad_direction
 
@@ -491,9 +499,7 @@ def lbfgs(
                 )
             new_state = state._replace(
                 count=optax.safe_increment(state.count),
-                diff_params_memory=keep_unless(give_up, state.diff_params_memory),
-                diff_updates_memory=keep_unless(give_up, state.diff_updates_memory),
-                weights_memory=keep_unless(give_up, state.weights_memory),
+                weights_memory=_zero_if(give_up, state.weights_memory),
                 num_pairs=jnp.where(give_up, 0, state.num_pairs),
                 radius=jnp.where(give_up, new_radius, state.radius),
                 num_shrinks=jnp.where(give_up, 0, num_shrinks),

@@ -52,9 +52,10 @@ DEFAULT_MAXITER = 15000
 DEFAULT_MAXFEV = 15000
 
 
+@functools.cache
 def _default_tx(dtype: Any) -> optax.GradientTransformationExtraArgs:
-    """Return nnxopt's default L-BFGS for parameters of ``dtype``."""
-    del dtype  # one transform serves every precision for now
+    """Return nnxopt's default L-BFGS for parameters of ``dtype`` (one object)."""
+    del dtype  # one transform serves every precision (its search follows dtype)
     return lbfgs()
 
 
@@ -301,7 +302,7 @@ def minimize(
             bar.close()
     nnx.update(model, new_params, new_rest)
     # One device-to-host transfer for all the integer fields, not one each.
-    counts = jax.device_get(tuple(stats[k] for k in ("status", "nit", "nfev", "njev")))
+    counts = np.asarray(stats["counts"])
     status = Status(int(counts[0]))
     return MinimizeResult(
         fun=stats["fun"],
@@ -464,7 +465,10 @@ def _solve(
             c.history,
         )
         new = _select(accept, new, c)._replace(
-            opt_state=_select(finite, state, c.opt_state),
+            # No select: a non-finite iteration ends the loop, and the final
+            # optimizer state is not returned (a select here copies the whole
+            # L-BFGS memory every iteration).
+            opt_state=state,
             nit=nit,
             nfev=nfev,
             njev=njev,
@@ -473,12 +477,12 @@ def _solve(
         )
         better = accept & (f < c.best[2])
         best = _select(better, (x, written, f, gn, aux), c.best)
-        hv, hg, hn = c.history
-        i = nit
-        history = (
-            hv.at[i].set(jnp.where(accept, f, hv[i])),
-            hg.at[i].set(jnp.where(accept, gn, hg[i])),
-            hn.at[i].set(jnp.where(accept, nfev, hn[i])),
+        # A rejected iteration writes out of bounds (dropped): no read of the
+        # buffers, so XLA updates them in place.
+        i = jnp.where(accept, nit, maxiter + 1)
+        history = tuple(
+            h.at[i].set(v.astype(h.dtype), mode="drop")
+            for h, v in zip(c.history, (f, gn, nfev), strict=True)
         )
         return new._replace(best=best, history=history)
 
@@ -492,10 +496,8 @@ def _solve(
     stats = dict(
         fun=fun,
         grad_norm=gnorm,
-        nit=c.nit,
-        nfev=nfev,
-        njev=c.njev,
-        status=c.status,
+        # one array: one device-to-host transfer for the integer fields
+        counts=jnp.stack([c.status, c.nit, nfev, c.njev]).astype(jnp.int32),
         aux=aux if objective.has_aux else None,
         history=c.history,
     )
