@@ -225,13 +225,13 @@ def build_tasks(
     suite = "quick" if quick else "full" if full else suite
     if suite not in SUITES:
         raise ValueError(f"build_tasks: unknown suite {suite!r}; known: {SUITES}")
+    sized = [
+        problems.mlp_regression(width=w, depth=3, dtype=dtype) for w in SIZES.values()
+    ]
     if names:
         wanted: set[str] | None = set(names)
     elif suite == "sizes":
-        return [
-            _nnx_task(problems.mlp_regression(width=w, depth=3, dtype=dtype), refs)
-            for w in SIZES.values()
-        ]
+        return [_nnx_task(q, refs) for q in sized]
     else:
         wanted = {"quick": set(QUICK), "full": None, "nnx": set(NNX)}.get(
             suite, set(DEFAULT)
@@ -247,8 +247,5 @@ def build_tasks(
         if wanted is None or q.name in wanted:
             tasks.append(_nnx_task(q, refs))
     if names:
-        for name, width in SIZES.items():
-            if name in wanted:  # type: ignore[operator]
-                q = problems.mlp_regression(width=width, depth=3, dtype=dtype)
-                tasks.append(_nnx_task(q, refs))
+        tasks += [_nnx_task(q, refs) for q in sized if q.name in wanted]  # type: ignore[operator]
     return tasks

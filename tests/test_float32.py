@@ -26,7 +26,22 @@ import nnxopt
 from nnxopt import linesearch
 from nnxopt.linesearch.hager_zhang import default_epsilon
 
-SCIPY_DEFAULT_F64 = {"mlp": 2.3012568824784e-06, "pinn1d": 3.9607069341264e-06}
+#: scipy L-BFGS-B with default options, float64, from ``nnx_flat`` of each
+#: problem and seed (``test_recorded_scipy_default_losses`` recomputes them).
+SCIPY_DEFAULT_F64_SEEDS = {
+    ("mlp", 0): 2.301256882478456e-06,  # 185 evaluations
+    ("mlp", 1): 7.181903873691994e-06,  # 346 evaluations
+    ("mlp", 2): 1.3658643890468976e-05,  # 202 evaluations
+    ("mlp", 3): 4.965103811563452e-06,  # 271 evaluations
+    ("pinn1d", 0): 3.96070693412638e-06,  # 251 evaluations
+    ("pinn1d", 1): 3.325240582511015e-05,  # 481 evaluations
+    ("pinn1d", 2): 8.535062070346088e-06,  # 329 evaluations
+    ("pinn1d", 3): 2.700056941114309e-05,  # 340 evaluations
+}
+SEEDS = (0, 1, 2, 3)
+_MAKE = {"mlp": P.mlp_regression, "pinn1d": P.pinn_poisson_1d}
+#: Seed 0, the start of the raw-loop traces below.
+SCIPY_DEFAULT_F64 = {name: SCIPY_DEFAULT_F64_SEEDS[name, 0] for name in _MAKE}
 #: float32 may need at most this many times the float64 evaluations.
 MAX_EVAL_RATIO = 1.5
 #: Iterations of the traced solves: enough for float64 and float32 to pass
@@ -35,8 +50,7 @@ ITERS = 480
 
 
 def _problem(name: str, dtype):
-    make = {"mlp": P.mlp_regression, "pinn1d": P.pinn_poisson_1d}[name]
-    fn, x0 = P.nnx_flat(make(dtype=dtype))
+    fn, x0 = P.nnx_flat(_MAKE[name](dtype=dtype))
     return fn, jnp.asarray(x0, dtype)
 
 
@@ -79,22 +93,6 @@ def test_default_linesearch_follows_dtype():
     assert isinstance(f64, linesearch.MoreThuenteState)
     assert default_epsilon(jnp.float64) == 1e-6
     assert default_epsilon(jnp.float32) == 1e-3
-
-
-#: scipy L-BFGS-B with default options, float64, from ``nnx_flat`` of each
-#: problem and seed (``test_recorded_scipy_default_losses`` recomputes them).
-SCIPY_DEFAULT_F64_SEEDS = {
-    ("mlp", 0): 2.301256882478456e-06,  # 185 evaluations
-    ("mlp", 1): 7.181903873691994e-06,  # 346 evaluations
-    ("mlp", 2): 1.3658643890468976e-05,  # 202 evaluations
-    ("mlp", 3): 4.965103811563452e-06,  # 271 evaluations
-    ("pinn1d", 0): 3.96070693412638e-06,  # 251 evaluations
-    ("pinn1d", 1): 3.325240582511015e-05,  # 481 evaluations
-    ("pinn1d", 2): 8.535062070346088e-06,  # 329 evaluations
-    ("pinn1d", 3): 2.700056941114309e-05,  # 340 evaluations
-}
-SEEDS = (0, 1, 2, 3)
-_MAKE = {"mlp": P.mlp_regression, "pinn1d": P.pinn_poisson_1d}
 
 
 @functools.cache
