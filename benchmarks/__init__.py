@@ -1,7 +1,7 @@
 """Side-by-side L-BFGS benchmarks: ``python -m benchmarks`` (or ``nnxopt bench``).
 
 Runs nnxopt and its peers (scipy, torch, optax, ``nnx.Optimizer``, jaxopt,
-optimistix) on the known-minimum problems of ``tests/problems.py`` and prints
+optimistix) on the known-minimum problems of ``nnxopt.problems`` and prints
 markdown tables; writes ``results.json``, ``results.md`` and ``profile.png``.
 See BENCHMARKS.md.
 """

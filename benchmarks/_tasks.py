@@ -1,6 +1,6 @@
 """Benchmark tasks: every problem as an NNX model, a pytree loss and a flat loss.
 
-A :class:`Task` wraps one problem of ``tests/problems.py`` so that every solver
+A :class:`Task` wraps one problem of ``nnxopt.problems`` so that every solver
 sees the same mathematics in the form it expects:
 
 - ``make_model()`` / ``loss_fn(model, *batch, flag)``: for NNX-level solvers
@@ -29,7 +29,8 @@ import numpy as np
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
-from benchmarks import _problems
+from benchmarks.scipy_reference import SCIPY_REFERENCE
+from nnxopt import problems
 
 
 class Counter:
@@ -184,7 +185,7 @@ QUICK = ("rosenbrock", "logistic500x20")
 #: The default run: every family, the known scipy/optax failures, < 10 min on
 #: 2 CPU cores (compilation and the Python-loop solvers on the NNX models
 #: dominate: 11 problems took 577 s, these 10 about 550 s).
-#: ``--full`` runs all problems of ``tests/problems.py``.
+#: ``--full`` runs all problems of ``nnxopt.problems``.
 DEFAULT = (
     "rosenbrock",
     "powell_badly_scaled",
@@ -220,8 +221,7 @@ def build_tasks(
 
     ``quick`` and ``full`` are the ``"quick"`` and ``"full"`` suites.
     """
-    problems = _problems.load()
-    refs = problems.SCIPY_REFERENCE
+    refs = SCIPY_REFERENCE
     suite = "quick" if quick else "full" if full else suite
     if suite not in SUITES:
         raise ValueError(f"build_tasks: unknown suite {suite!r}; known: {SUITES}")

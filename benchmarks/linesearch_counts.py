@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
-from pathlib import Path
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -33,9 +31,7 @@ import scipy.optimize  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import nnxopt  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import problems as P  # noqa: E402
+from nnxopt import problems as P  # noqa: E402
 
 SEARCHES = ("more_thuente", "zoom", "hager_zhang", "backtracking")
 DEFAULT = (
@@ -70,7 +66,7 @@ def _problems(names):
         if name in mgh:
             out.append((name, mgh[name].fn, mgh[name].x0))
         else:
-            print(f"skipped {name}: not in tests/problems.py")
+            print(f"skipped {name}: not in nnxopt.problems")
     for name, make in (("mlp", P.mlp_regression), ("pinn1d", P.pinn_poisson_1d)):
         fn, x0 = P.nnx_flat(make(dtype=jnp.float64))
         out.append((name, fn, np.asarray(x0, np.float64)))

@@ -1,11 +1,12 @@
-"""Regenerate the scipy references in ``tests/problems.py``.
+"""Regenerate the scipy references in ``benchmarks/scipy_reference.py``.
 
 Runs ``scipy.optimize.minimize(fun, x0, jac=True, method="L-BFGS-B",
 options=problems.SCIPY_OPTIONS)`` in float64 on every flat problem and on the
 NNX problems (float64, default sizes, parameters flattened with
 ``problems.nnx_flat``), with ``fun`` a jitted ``jax.value_and_grad``, and
 rewrites the block between ``# BEGIN GENERATED`` and ``# END GENERATED``.
-The logistic-regression minimum is first computed at ``gtol=1e-12``.
+The logistic-regression minimum is computed at ``gtol=1e-12`` and printed (it
+is a property of the problem: ``nnxopt.problems.LOGISTIC_F_STAR``).
 
 Usage::
 
@@ -19,11 +20,13 @@ import argparse
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks import _problems
+from benchmarks import scipy_reference as _ref
+from nnxopt import problems
 
 
 def scipy_reference(fn: Callable[[Any], Any], x0: np.ndarray, options: dict) -> Any:
@@ -32,7 +35,6 @@ def scipy_reference(fn: Callable[[Any], Any], x0: np.ndarray, options: dict) -> 
     import jax.numpy as jnp
     import scipy.optimize
 
-    problems = _problems.load()
     value_and_grad = jax.jit(jax.value_and_grad(fn))
 
     def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
@@ -42,7 +44,7 @@ def scipy_reference(fn: Callable[[Any], Any], x0: np.ndarray, options: dict) -> 
     res = scipy.optimize.minimize(
         fun, np.asarray(x0, np.float64), jac=True, method="L-BFGS-B", options=options
     )
-    return problems.ScipyReference(
+    return _ref.ScipyReference(
         fun=float(res.fun),
         grad_norm=float(np.max(np.abs(res.jac))),
         nit=int(res.nit),
@@ -57,7 +59,6 @@ def compute() -> tuple[dict, dict]:
     import jax.numpy as jnp
 
     jax.config.update("jax_enable_x64", True)
-    problems = _problems.load()
     tight = dict(problems.SCIPY_OPTIONS, gtol=1e-12, ftol=0.0, maxiter=10_000)
     logistic = problems.logistic_regression()
     ref = scipy_reference(logistic.fn, logistic.x0, tight)
@@ -72,17 +73,14 @@ def compute() -> tuple[dict, dict]:
     return logistic_f_star, refs
 
 
-def render(logistic_f_star: dict, refs: dict) -> str:
+def render(refs: dict) -> str:
     """Return the generated block (markers included) as Python source."""
     lines = [
         "# BEGIN GENERATED",
         "# by `python -m benchmarks.record_scipy`; do not edit by hand.",
         "# fmt: off",
-        "#: Reference minimum of :func:`logistic_regression` keyed by (m, d, seed).",
-        "LOGISTIC_F_STAR: dict[tuple[int, int, int], float] = {",
+        "SCIPY_REFERENCE: dict[str, ScipyReference] = {",
     ]
-    lines += [f"    {k!r}: {v!r}," for k, v in logistic_f_star.items()]
-    lines += ["}", "SCIPY_REFERENCE: dict[str, ScipyReference] = {"]
     for name, r in refs.items():
         lines.append(
             f"    {name!r}: ScipyReference({r.fun!r}, {r.grad_norm!r}, ".replace(
@@ -95,13 +93,14 @@ def render(logistic_f_star: dict, refs: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Recompute the references; rewrite ``tests/problems.py`` unless ``--check``."""
+    """Recompute the references; rewrite ``scipy_reference.py`` unless ``--check``."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.record_scipy")
     parser.add_argument("--check", action="store_true", help="compare, do not write")
     args = parser.parse_args(argv)
     logistic_f_star, refs = compute()
-    block = render(logistic_f_star, refs)
-    path = _problems.PROBLEMS_PATH
+    block = render(refs)
+    print(f"logistic f_star (nnxopt.problems.LOGISTIC_F_STAR): {logistic_f_star}")
+    path = Path(_ref.__file__)
     text = path.read_text()
     pattern = re.compile(r"# BEGIN GENERATED\n.*# END GENERATED\n", re.S)
     if not pattern.search(text):

@@ -1,7 +1,7 @@
 """Smoke test of the benchmark runner: it completes and its outputs are well formed.
 
-Nothing is timed here; the evaluation counts it reports are checked against the
-scipy references recorded in tests/problems.py.
+Nothing is timed here; nnxopt's evaluation counts are checked against scipy's
+in the same run.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Tests of ``nnxopt.minimize``: minima, statuses, counts, caching, callbacks, state.
 
-References: closed forms and scipy L-BFGS-B in float64 (``tests/problems.py``),
+References: closed forms and scipy L-BFGS-B in float64 (``nnxopt.problems``),
 independent ``jax.grad`` evaluations of the returned model, host-side counters.
 Compiled solves are shared: most tests reuse one Rosenbrock solve (``gtol``,
 ``ftol`` and ``maxfev`` are run-time arguments and do not recompile).
@@ -14,11 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import problems as P
 import pytest
 import scipy.optimize
 from flax import nnx
 
+from nnxopt import problems as P
 from nnxopt._lbfgs import lbfgs as nnxopt_lbfgs
 from nnxopt._minimize import MinimizeInfo, default_tols, minimize
 from nnxopt._status import Status

@@ -1,10 +1,11 @@
-"""Checks of the known-minimum problem library ``tests/problems.py``.
+"""Checks of the known-minimum problem library ``nnxopt.problems``.
 
 Cheap by design (one jit per problem): finite gradients at the standard start,
 closed-form minima, the least-squares minimum against the normal equations, the
-published MGH minima against what scipy reaches, the recorded scipy
-references reproduce, torch and jax compute the same objective, and the PINN
-exact solutions have (near-)zero residual.
+published MGH minima against what scipy reaches (scipy run here, at test time:
+a trajectory recorded on one CPU is not a property of the problems), torch and
+jax compute the same objective, and the PINN exact solutions have (near-)zero
+residual.
 """
 
 from __future__ import annotations
@@ -15,21 +16,26 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import problems
 import pytest
 import scipy.optimize
+
+from nnxopt import problems
+from nnxopt.problems import _fits
+
+#: Compared with third-party references computed here: run again by
+#: ``run.py test`` with XLA held to SSE4.2 (see ``ISA_GUARD`` there).
+pytestmark = pytest.mark.reference
 
 FLAT = {p.name: p for p in problems.flat_problems()}
 
 # Relative and absolute tolerances (float64).
-F_RTOL = 1e-5  # MGH publish six significant digits
 F_ATOL = 1e-10  # zero minima: scipy stops at f ~ 1e-12 or below
-REPRO_RTOL = 1e-9  # the same machine gives the same bits; leave room for BLAS
 FLOAT32_RTOL = 1e-4
 
 # Problems where scipy L-BFGS-B from the standard start stops (ftol) above the
-# published minimum of the basin: a property of the solver, recorded here so
-# that the benchmarks' "scipy fails" list is checked, not assumed.
+# published minimum of the basin on the recording machine; whether it stalls is
+# a property of scipy's trajectory, which may differ on another CPU, so these
+# are exempt from the published-minimum check and nothing is asserted of them.
 SCIPY_STALLS = {"jennrich_sampson", "meyer", "powell_badly_scaled", "watson9"}
 
 
@@ -99,7 +105,7 @@ def test_residuals_sum_of_squares():
 
 def test_least_squares_against_normal_equations():
     p = problems.linear_least_squares()
-    a, b = problems._least_squares_data(200, 50, 0)
+    a, b = _fits._least_squares_data(200, 50, 0)
     x = np.linalg.solve(a.T @ a, a.T @ b)
     f_normal = float(np.sum((a @ x - b) ** 2))
     np.testing.assert_allclose(p.f_star, f_normal, rtol=1e-9)
@@ -114,21 +120,16 @@ def test_logistic_reference_is_stationary():
     np.testing.assert_allclose(res.fun, p.f_star, rtol=1e-10)
 
 
-@pytest.mark.parametrize("name", sorted(FLAT))
-def test_scipy_reference_reproduces(name):
+@pytest.mark.parametrize("name", sorted(set(FLAT) - SCIPY_STALLS))
+def test_published_minimum_is_what_scipy_reaches(name):
+    # Checks the problem definitions (residuals, start, published f_star)
+    # against an independent solver run here. f_star_rtol is the six digits
+    # MGH print; F_ATOL covers zero minima, where scipy stops near 1e-12 or below.
     p = FLAT[name]
-    ref = problems.SCIPY_REFERENCE[name]
-    res = _scipy(name)
-    assert (int(res.nit), int(res.nfev)) == (ref.nit, ref.nfev)
-    assert bool(res.success) == ref.success
-    np.testing.assert_allclose(res.fun, ref.fun, rtol=REPRO_RTOL, atol=1e-20)
-    # The published minimum of the basin, unless scipy is known to stall.
     if p.f_star is None:
-        return
-    if name in SCIPY_STALLS:
-        assert ref.fun > p.f_star * (1 + 10 * p.f_star_rtol)
-    else:
-        np.testing.assert_allclose(ref.fun, p.f_star, rtol=p.f_star_rtol, atol=F_ATOL)
+        pytest.skip(f"{name}: no published minimum")
+    res = _scipy(name)
+    np.testing.assert_allclose(res.fun, p.f_star, rtol=p.f_star_rtol, atol=F_ATOL)
 
 
 def test_local_and_global_minima_are_recorded():
@@ -175,30 +176,11 @@ def test_nnx_problem_factories(index):
     f, g = jax.jit(jax.value_and_grad(fn))(jnp.asarray(x0))
     assert np.isfinite(float(f)) and bool(jnp.all(jnp.isfinite(g)))
     assert x0.shape == (q.num_params(),)
-    ref = problems.SCIPY_REFERENCE[q.name]
-    assert ref.fun < float(f)
+    # The lower bound f_star holds at the start, and is not met there.
+    assert q.f_star is None or float(f) > q.f_star
 
 
 def test_nnx_sizes_are_parameterisable():
     assert problems.mlp_regression(width=4).num_params() == 3 * 4 + 1
     big = problems.mlp_regression(width=220, depth=3)
     assert 9e4 < big.num_params() < 1.1e5
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("index", range(4))
-def test_nnx_scipy_reference_reproduces(index):
-    q = problems.nnx_problems(jnp.float64)[index]
-    fn, x0 = problems.nnx_flat(q)
-    vg = jax.jit(jax.value_and_grad(fn))
-
-    def fun(x):
-        f, g = vg(jnp.asarray(x))
-        return float(f), np.asarray(g, dtype=np.float64)
-
-    res = scipy.optimize.minimize(
-        fun, x0, jac=True, method="L-BFGS-B", options=problems.SCIPY_OPTIONS
-    )
-    ref = problems.SCIPY_REFERENCE[q.name]
-    assert (int(res.nit), int(res.nfev)) == (ref.nit, ref.nfev)
-    np.testing.assert_allclose(res.fun, ref.fun, rtol=REPRO_RTOL)
