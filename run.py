@@ -3,7 +3,8 @@
 
 Needs only Python 3.11+. On first use it creates ``.venv`` beside this file and
 installs there the development environment pinned, with hashes, in
-``requirements/dev.txt``, then nnxopt itself (editable, no dependencies); later
+``requirements/dev.txt`` (``requirements/lowest.txt`` and ``.venv-lowest`` for
+``test-lowest``), then nnxopt itself (editable, no dependencies); later
 runs reuse it (the install is redone when ``pyproject.toml`` or the lock file
 changes).
 
@@ -11,11 +12,13 @@ changes).
     python3 run.py test          # lint, type check and the test suite
     python3 run.py test -m slow  # the long tests (any pytest arguments pass on)
     python3 run.py bench --quick # the benchmarks (adds the bench extra)
-    python3 run.py lock          # refresh requirements/dev.txt (newest versions)
+    python3 run.py test-lowest   # the same against the oldest jax/flax/optax
+    python3 run.py lock          # refresh the lock files (newest versions)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import subprocess
@@ -24,58 +27,87 @@ import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-VENV = ROOT / ".venv"
-BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
-PY = BIN / ("python.exe" if os.name == "nt" else "python")
-
-
-LOCK = ROOT / "requirements" / "dev.txt"
-#: uv resolves the lock file (``run.py lock``); pinned so that a refresh is
+REQUIREMENTS = ROOT / "requirements"
+#: uv resolves the lock files (``run.py lock``); pinned so that a refresh is
 #: reproducible too.
 UV = "uv==0.13.9"
+#: The oldest jax, flax and optax that ``pyproject.toml`` admits, which
+#: ``run.py test-lowest`` tests against (the rest of the environment locked).
+LOWEST = ("jax==0.10.0", "jaxlib==0.10.0", "flax==0.12.8", "optax==0.2.6")
 
 
-def _pip(*args: str) -> None:
+@dataclasses.dataclass(frozen=True)
+class Env:
+    """A virtual environment and the lock file it is installed from."""
+
+    venv: Path
+    lock: Path
+
+    @property
+    def python(self) -> Path:
+        bin_dir = self.venv / ("Scripts" if os.name == "nt" else "bin")
+        return bin_dir / ("python.exe" if os.name == "nt" else "python")
+
+
+DEV = Env(ROOT / ".venv", REQUIREMENTS / "dev.txt")
+LOWEST_ENV = Env(ROOT / ".venv-lowest", REQUIREMENTS / "lowest.txt")
+PY = DEV.python
+
+
+def _pip(env: Env, *args: str) -> None:
     subprocess.run(
-        [str(PY), "-m", "pip", "install", "-q", "--disable-pip-version-check", *args],
+        [str(env.python), "-m", "pip", "install", "-q",
+         "--disable-pip-version-check", *args],
         check=True,
-    )
+    )  # fmt: skip
 
 
-def _ensure_env(extras: str) -> None:
+def _ensure_env(extras: str, env: Env = DEV) -> None:
     if sys.version_info < (3, 11):
         sys.exit(f"run.py: Python 3.11+ is needed, this is {sys.version.split()[0]}")
-    if not PY.exists():
-        print(f"run.py: creating {VENV}", flush=True)
-        venv.EnvBuilder(with_pip=True).create(VENV)
+    if not env.python.exists():
+        print(f"run.py: creating {env.venv}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(env.venv)
     digest = hashlib.sha256(
-        (ROOT / "pyproject.toml").read_bytes() + LOCK.read_bytes()
+        (ROOT / "pyproject.toml").read_bytes() + env.lock.read_bytes()
     ).hexdigest()[:16]
-    stamp = VENV / f".installed-{extras}-{digest}"
+    stamp = env.venv / f".installed-{extras}-{digest}"
     if stamp.exists():
         return
-    print(f"run.py: installing {LOCK.relative_to(ROOT)} into {VENV}", flush=True)
+    print(
+        f"run.py: installing {env.lock.relative_to(ROOT)} into {env.venv}", flush=True
+    )
     # Every package of the development environment at its locked version and
     # hash; then nnxopt itself, editable, built by the locked hatchling.
-    _pip("--require-hashes", "--no-deps", "-r", str(LOCK))
-    _pip("--no-deps", "--no-build-isolation", "-e", str(ROOT))
+    _pip(env, "--require-hashes", "--no-deps", "-r", str(env.lock))
+    _pip(env, "--no-deps", "--no-build-isolation", "-e", str(ROOT))
     if extras != "dev":
         # The benchmark peers (torch, jaxopt, optimistix) are not locked: torch's
         # CPU build differs from PyPI's default wheel; pip keeps the locked rest.
         print(f"run.py: installing nnxopt[{extras}]", flush=True)
-        _pip("-e", f"{ROOT}[{extras}]")
+        _pip(env, "-e", f"{ROOT}[{extras}]")
     stamp.touch()
 
 
 def _lock() -> int:
-    """Re-resolve ``requirements/dev.txt``: newest versions, every platform."""
+    """Re-resolve the lock files: newest versions, every platform; and lowest."""
     _ensure_env("dev")
-    _pip(UV)
+    _pip(DEV, UV)
+    compile_ = (
+        str(PY), "-m", "uv", "pip", "compile", "pyproject.toml", "--extra", "dev",
+        "--generate-hashes", "--python-version", "3.11",
+    )  # fmt: skip
+    if code := _run(
+        *compile_, "--universal", "--fork-strategy", "fewest", "--upgrade",
+        "-o", str(DEV.lock.relative_to(ROOT)),
+    ):  # fmt: skip
+        return code
+    # The lowest supported jax/flax/optax, the rest resolved for Python 3.11.
+    pins = REQUIREMENTS / "lowest.in"
+    pins.write_text("\n".join(LOWEST) + "\n")
     return _run(
-        str(PY), "-m", "uv", "pip", "compile", "pyproject.toml",
-        "--extra", "dev", "--universal", "--fork-strategy", "fewest",
-        "--python-version", "3.11", "--generate-hashes", "--upgrade",
-        "-o", str(LOCK.relative_to(ROOT)),
+        *compile_, "--upgrade", "--override", str(pins.relative_to(ROOT)),
+        "-o", str(LOWEST_ENV.lock.relative_to(ROOT)),
     )  # fmt: skip
 
 
@@ -98,29 +130,30 @@ def _run(*cmd: str, env: dict[str, str] | None = None) -> int:
 ISA_GUARD = "--xla_cpu_multi_thread_eigen=false --xla_cpu_max_isa=SSE4_2"
 
 
-def _test(rest: list[str]) -> int:
-    _ensure_env("dev")
+def _test(rest: list[str], env: Env = DEV) -> int:
+    _ensure_env("dev", env)
+    py = str(env.python)
     dirs = ("src", "tests", "benchmarks", "examples")
     for cmd in (
-        (str(PY), "-m", "ruff", "check", *dirs),
-        (str(PY), "-m", "ruff", "format", "--check", *dirs),
-        (str(PY), "-m", "mypy", "src"),
+        (py, "-m", "ruff", "check", *dirs),
+        (py, "-m", "ruff", "format", "--check", *dirs),
+        (py, "-m", "mypy", "src"),
     ):
         if code := _run(*cmd):
             return code
-    if code := _run(str(PY), "-m", "pytest", *rest):
+    if code := _run(py, "-m", "pytest", *rest):
         return code
     if rest:  # a chosen subset: no guard
         return 0
     print(f"run.py: reference tests again under XLA_FLAGS={ISA_GUARD!r}", flush=True)
     return _run(
-        str(PY), "-m", "pytest", "-m", "reference", "--durations=0", "-q",
+        py, "-m", "pytest", "-m", "reference", "--durations=0", "-q",
         env={"XLA_FLAGS": ISA_GUARD},
     )  # fmt: skip
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"demo", "test", "bench", "lock"}:
+    if not argv or argv[0] not in {"demo", "test", "test-lowest", "bench", "lock"}:
         print(__doc__)
         return 2
     job, rest = argv[0], argv[1:]
@@ -132,6 +165,8 @@ def main(argv: list[str]) -> int:
     if job == "bench":
         _ensure_env("dev,bench")
         return _run(str(PY), "-m", "nnxopt", "bench", *rest)
+    if job == "test-lowest":
+        return _test(rest, LOWEST_ENV)
     return _test(rest)
 
 

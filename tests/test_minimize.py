@@ -111,17 +111,33 @@ def test_logistic_regression_matches_scipy():
     assert result.nfev <= NFEV_FACTOR * ref.nfev
 
 
-def test_mlp_matches_scipy_on_flattened_params():
-    prob = P.mlp_regression(width=8, num_points=32, dtype=jnp.float64)
-    fn, x0 = P.nnx_flat(prob)
-    ref = scipy_lbfgsb(fn, x0)
-    model = prob.make_model()
-    result = minimize(prob.loss_fn, model, *prob.batch, maxiter=1000)
-    assert result.success, result.message
-    # Non-convex: both reach a minimum of the same basin to a few digits.
-    assert float(result.fun) <= 1.5 * ref.fun + 1e-7
-    assert result.nfev <= NFEV_FACTOR * ref.nfev
-    assert float(prob.loss_fn(model, *prob.batch)) == pytest.approx(float(result.fun))
+#: Evaluations nnxopt may need to reach scipy's loss on the MLP, as a geometric
+#: mean over three seeds of (nnxopt's / scipy's). Non-convex and stopped by
+#: scipy on an ftol plateau: single seeds scatter from 0.5x to 2.7x between
+#: jax 0.10.0 and 0.10.2 and between instruction sets (measured), the mean
+#: from 0.8x to 1.4x.
+MLP_EVAL_RATIO = 2.0
+
+
+def test_mlp_reaches_scipy_loss_on_flattened_params():
+    ratios = []
+    for seed in (0, 1, 2):
+        prob = P.mlp_regression(width=8, num_points=32, dtype=jnp.float64, seed=seed)
+        fn, x0 = P.nnx_flat(prob)
+        ref = scipy_lbfgsb(fn, x0)
+        model = prob.make_model()
+        # ftol=0: scipy's stop is a plateau of its own trajectory, not a target.
+        result = minimize(
+            prob.loss_fn, model, *prob.batch, ftol=0.0, maxfev=3 * ref.nfev
+        )
+        h = result.history.trim()
+        hit = np.nonzero(np.asarray(h.value) <= ref.fun)[0]
+        assert hit.size, (seed, float(result.fun), ref.fun, result.message)
+        ratios.append(int(h.nfev[hit[0]]) / ref.nfev)
+        assert float(prob.loss_fn(model, *prob.batch)) == pytest.approx(
+            float(result.fun)
+        )
+    assert float(np.exp(np.mean(np.log(ratios)))) <= MLP_EVAL_RATIO, ratios
 
 
 # ---------------------------------------------------------------------------
