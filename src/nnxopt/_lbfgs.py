@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ._status import Status
+from ._status import SearchStatus
 
 # Recovery from a non-finite trial point: the step is shrunk by this factor; at
 # this many consecutive non-finite trials the memory is reset and the solve
@@ -20,7 +20,11 @@ _SHRINK = 0.5
 _MAX_SHRINKS = 4
 
 # Line-search outcomes after which the curvature memory is discarded.
-_RESET_STATUSES = (Status.NOT_DESCENT, Status.LINESEARCH_FAILED, Status.NON_FINITE)
+_RESET_STATUSES = (
+    SearchStatus.NOT_DESCENT,
+    SearchStatus.LINESEARCH_FAILED,
+    SearchStatus.NON_FINITE,
+)
 
 
 def default_linesearch(
