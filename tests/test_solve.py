@@ -20,6 +20,7 @@ from flax import nnx
 
 import nnxopt
 from nnxopt import Solution, Solver, SolverState, Status, solve
+from nnxopt.linesearch import SearchStatus
 
 #: nnxopt's evaluations may exceed scipy L-BFGS-B's by at most this factor
 #: (the same bound as tests/test_minimize.py: different line searches).
@@ -189,6 +190,8 @@ def test_minimize_resumes_bit_for_bit():
     assert (second.nit, second.nfev) == (whole.nit, whole.nfev)
     assert np.array_equal(np.asarray(model.x[...]), np.asarray(whole_model.x[...]))
     assert same(second.state, whole.state)
+    with pytest.raises(TypeError, match=r"nnxopt\.minimize: state= comes from another"):
+        nnxopt.minimize(vector_loss, Vector(jnp.zeros(3)), state=first.state)
 
 
 # ---------------------------------------------------------------------------
@@ -321,3 +324,13 @@ def test_bad_input_errors(runs):
     with pytest.raises(ValueError, match=r"nnxopt\.solve: gtol must be >= 0"):
         solve(watson, x0, gtol=-1.0)
     assert isinstance(first.state, SolverState)
+
+
+def test_search_status_has_its_own_enum_and_old_names_warn():
+    with pytest.warns(DeprecationWarning, match=r"linesearch\.SearchStatus\.SUCCESS"):
+        old = Status.SUCCESS
+    assert old is SearchStatus.SUCCESS
+    assert all(s.message for s in SearchStatus) and all(s.message for s in Status)
+    assert not Status.INTERRUPTED.success and "Ctrl-C" in Status.INTERRUPTED.message
+    # The failure codes a solve reports are the search's own.
+    assert SearchStatus.LINESEARCH_FAILED == Status.LINESEARCH_FAILED

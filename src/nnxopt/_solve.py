@@ -292,10 +292,10 @@ class _Parts:
             solver, state, history, nit0, args, kwargs, self.options, limit, run_id
         )
         final = solver.final(state, *args, **kwargs)
-        sol = Solution.build(state, final, history)
         # one array: one device-to-host transfer for the integer fields
-        counts = jnp.stack([sol.status, sol.nit, sol.nfev, sol.njev]).astype(jnp.int32)
-        return state, history, (sol, final[1], counts)
+        counts = jnp.stack([state.status, state.nit, final[-1], state.njev])
+        success = is_success(state.status)
+        return state, history, (*final, success, counts.astype(jnp.int32))
 
 
 #: Seconds per loop step of each compiled loop, measured on its last run:
@@ -351,11 +351,19 @@ def launch(
             state, history = runner.start(params, state, dynamic, limits)
             nit0 = state.nit
             if interruptible:
-                return _chunks(runner, state, history, nit0, dynamic, limits, run_id)
-            no_limit = np.int32(_loop.NO_LIMIT)
-            return runner.advance(
-                state, history, nit0, dynamic, limits, no_limit, run_id
-            )[2]
+                out = _chunks(runner, state, history, nit0, dynamic, limits, run_id)
+            else:
+                no_limit = np.int32(_loop.NO_LIMIT)
+                out = runner.advance(
+                    state, history, nit0, dynamic, limits, no_limit, run_id
+                )
+        state, history, (x, written, fun, gnorm, aux, nfev, success, counts) = out
+        solution = Solution(
+            params=x, state=state, fun=fun, grad_norm=gnorm, nit=state.nit,
+            nfev=nfev, njev=state.njev, success=success, status=state.status,
+            aux=aux, history=history,
+        )  # fmt: skip
+        return solution, written, counts
     finally:
         _loop.RUNS.pop(int(run_id), None)
         if bar is not None:
@@ -370,7 +378,7 @@ def _chunks(
     dynamic: list,
     limits: tuple,
     run_id: np.int32,
-) -> tuple[Solution, PyTree, Any]:
+) -> tuple[SolverState, MinimizeHistory, tuple]:
     """Run the loop in chunks of about ``CHUNK_SECONDS``, stopping on Ctrl-C."""
     key = id(runner.advance)
     rate = _SECONDS_PER_STEP.get(key)
@@ -378,13 +386,11 @@ def _chunks(
     limit, measured = (1, False) if rate is None else (_loop.chunk_steps(rate), True)
     while True:
         t0 = time.perf_counter()
-        state, history, out = jax.block_until_ready(
-            runner.advance(
-                state, history, nit0, dynamic, limits, np.int32(limit), run_id
-            )
+        state, history, out = runner.advance(
+            state, history, nit0, dynamic, limits, np.int32(limit), run_id
         )
+        status = int(np.asarray(out[-1])[0])  # waits for the chunk
         elapsed = time.perf_counter() - t0
-        status = int(out[2][0])
         if status != Status.RUNNING or _loop.INTERRUPT.hit:
             break
         if measured:  # a full chunk without compilation: a clean rate
@@ -393,10 +399,10 @@ def _chunks(
         limit = min(4 * limit, _loop.chunk_steps(elapsed / limit))
     if status == Status.RUNNING:  # Ctrl-C between chunks: stop here
         state = state._replace(status=jnp.asarray(Status.INTERRUPTED, jnp.int32))
-        state, history, out = runner.advance(
+        return runner.advance(
             state, history, nit0, dynamic, limits, np.int32(0), run_id
         )
-    return out
+    return state, history, out
 
 
 def _make_bar(call: str, total: int) -> Any:

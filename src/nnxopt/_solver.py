@@ -127,6 +127,8 @@ def strong_params(params: PyTree) -> PyTree:
     state must keep one type from ``init`` on."""
 
     def fix(x: Any) -> Any:
+        if isinstance(x, jax.Array) and not x.weak_type:
+            return x  # the common case, without a dispatch
         x = jnp.asarray(x)
         return jnp.asarray(x, x.dtype) if x.weak_type else x
 
