@@ -17,7 +17,7 @@ import pytest
 import scipy.optimize
 
 from nnxopt._lbfgs import LbfgsState, lbfgs, two_loop_recursion
-from nnxopt._status import Status
+from nnxopt._status import SearchStatus
 
 RTOL_F64 = 1e-12  # round-off between two float64 implementations of one formula
 GTOL = 1e-8  # ||g||_inf at which a float64 solve counts as converged
@@ -356,7 +356,9 @@ def _fake_search(status):
 
     def init(params):
         zero = jnp.zeros((), jnp.float64)
-        return _FakeSearchState(zero, zero + jnp.inf, params, jnp.int32(Status.SUCCESS))
+        return _FakeSearchState(
+            zero, zero + jnp.inf, params, jnp.int32(SearchStatus.SUCCESS)
+        )
 
     def update(updates, state, params, *, value, grad, value_fn):
         del params, value_fn
@@ -368,7 +370,7 @@ def _fake_search(status):
 
 
 @pytest.mark.parametrize(
-    ("status", "resets"), [(Status.SUCCESS, 0), (Status.NOT_DESCENT, 1)]
+    ("status", "resets"), [(SearchStatus.SUCCESS, 0), (SearchStatus.NOT_DESCENT, 1)]
 )
 def test_linesearch_status_resets_memory(status, resets):
     opt = lbfgs(linesearch=_fake_search(status))

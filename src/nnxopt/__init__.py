@@ -13,6 +13,11 @@ from ._minimize import default_tols as default_tols
 from ._minimize import minimize as minimize
 from ._optimizer import ModelAndOptimizer as ModelAndOptimizer
 from ._optimizer import Optimizer as Optimizer
+from ._solve import Solution as Solution
+from ._solve import solve as solve
+from ._solver import BestPoint as BestPoint
+from ._solver import Solver as Solver
+from ._solver import SolverState as SolverState
 from ._status import Status as Status
 
 __version__ = "0.1.0.dev0"

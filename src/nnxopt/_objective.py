@@ -105,30 +105,41 @@ class Objective:
         return not all(o is i for o, i in zip(outputs, inputs))
 
     def _unpack(self, out: Any) -> tuple[jax.Array, Any]:
-        if self.has_aux:
-            if not (isinstance(out, tuple) and len(out) == 2):
-                raise TypeError(
-                    f"{self.call}: with has_aux=True, loss_fn must return a pair "
-                    f"(loss, aux); it returned {_describe(out)}. Return "
-                    "`loss, aux` or pass has_aux=False."
-                )
-            loss, aux = out
-        else:
-            loss, aux = out, None
-            if isinstance(out, tuple):
-                raise TypeError(
-                    f"{self.call}: loss_fn returned a tuple of {len(out)} items; "
-                    "it must return a scalar loss. If the extra items are auxiliary "
-                    "outputs, return `(loss, aux)` and pass has_aux=True."
-                )
-        loss = jnp.asarray(loss) if not isinstance(loss, jax.Array) else loss
-        if loss.shape != () or not jnp.issubdtype(loss.dtype, jnp.floating):
-            raise ValueError(
-                f"{self.call}: loss_fn must return a real floating-point scalar; it "
-                f"returned {_describe(loss)}. Reduce it, e.g. with `.mean()` or "
-                "`.sum()`, and keep it floating-point."
+        return unpack_loss(self.call, out, self.has_aux, "loss_fn")
+
+
+def unpack_loss(call: str, out: Any, has_aux: bool, name: str) -> tuple[jax.Array, Any]:
+    """Split a loss function's output into ``(loss, aux)``, checking it (trace time).
+
+    Raises:
+        TypeError: a pair expected with ``has_aux`` and not returned, or a tuple
+            returned without ``has_aux``.
+        ValueError: the loss is not a real floating-point scalar.
+    """
+    if has_aux:
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise TypeError(
+                f"{call}: with has_aux=True, {name} must return a pair "
+                f"(loss, aux); it returned {_describe(out)}. Return "
+                "`loss, aux` or pass has_aux=False."
             )
-        return loss, aux
+        loss, aux = out
+    else:
+        loss, aux = out, None
+        if isinstance(out, tuple):
+            raise TypeError(
+                f"{call}: {name} returned a tuple of {len(out)} items; "
+                "it must return a scalar loss. If the extra items are auxiliary "
+                "outputs, return `(loss, aux)` and pass has_aux=True."
+            )
+    loss = jnp.asarray(loss) if not isinstance(loss, jax.Array) else loss
+    if loss.shape != () or not jnp.issubdtype(loss.dtype, jnp.floating):
+        raise ValueError(
+            f"{call}: {name} must return a real floating-point scalar; it "
+            f"returned {_describe(loss)}. Reduce it, e.g. with `.mean()` or "
+            "`.sum()`, and keep it floating-point."
+        )
+    return loss, aux
 
 
 def split_model(

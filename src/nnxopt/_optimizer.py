@@ -14,6 +14,11 @@ from flax import nnx
 
 from ._cache import compiled, transform_key
 from ._objective import Objective, PyTree, split_model
+from ._protocol import Capabilities, extra_args
+from ._tree import all_finite as _all_finite
+from ._tree import combine as _combine
+from ._tree import partition as _partition
+from ._tree import select as _select
 
 M = TypeVar("M")
 
@@ -318,9 +323,11 @@ def _step(
     dynamic: list,
 ) -> tuple:
     args, kwargs = _combine(dynamic, static)
-    stored = _stored_value_and_grad(opt_state, params)
+    # The loop's protocol (nnxopt._protocol): reuse the stored value and grad.
+    caps = Capabilities.of(opt_state, params)
     stateless = not objective.writes_state(params, rest, args, kwargs)
-    if stored is not None and stateless and not objective.has_aux:
+    if caps.reuse and stateless and not objective.has_aux:
+        stored = caps.stored(opt_state, params)
 
         def fresh() -> tuple:  # in the stored dtypes, e.g. float64 data, f32 model
             v, g = jax.value_and_grad(objective.value_fn(rest, args, kwargs))(params)
@@ -334,11 +341,9 @@ def _step(
             params, rest, args, kwargs
         )
     fn = objective.value_fn(rest, args, kwargs)
-    every = dict(value=value, grad=grad, value_fn=fn, obj_fn=fn)
-    names = accepted_extra_args(tx, params, opt_state)
-    extra = {k: every[k] for k in names}
-    with _explain_missing_args(objective.call):
-        updates, new_state = tx.update(grad, opt_state, params, **extra)
+    updates, new_state = tx.update(
+        grad, opt_state, params, **extra_args(tx, value, grad, fn)
+    )
     new_params = optax.apply_updates(params, updates)
     ok = _all_finite(new_params)
     return (
@@ -349,20 +354,6 @@ def _step(
         aux,
         ok,
     )
-
-
-def _stored_value_and_grad(opt_state: PyTree, params: PyTree) -> tuple | None:
-    """The (value, grad) a line search stored in ``opt_state``, if exactly one."""
-    try:
-        value = optax.tree.get(opt_state, "value")
-        grad = optax.tree.get(opt_state, "grad")
-    except (KeyError, ValueError):
-        return None
-    if value is None or grad is None or jnp.shape(value) != ():
-        return None
-    if jax.tree.structure(grad) != jax.tree.structure(params):
-        return None
-    return jnp.asarray(value), grad
 
 
 def accepted_extra_args(
@@ -526,38 +517,3 @@ class _explain_missing_args:
                     "`optimizer.minimize_step(model, loss_fn)`, which supplies them "
                     "all, or pass them to update()."
                 ) from err
-
-
-def _all_finite(tree: PyTree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
-
-
-def _select(ok: jax.Array, new: PyTree, old: PyTree) -> PyTree:
-    if jax.tree.structure(new) != jax.tree.structure(old):
-        return new
-    return jax.tree.map(
-        lambda n, o: jnp.where(ok, n, o) if hasattr(n, "dtype") else n, new, old
-    )
-
-
-def _is_dynamic(x: Any) -> bool:
-    return isinstance(x, jax.Array | jax.ShapeDtypeStruct) or (
-        hasattr(x, "__array__") and hasattr(x, "dtype")
-    )
-
-
-def _partition(tree: Any) -> tuple[list, Any]:
-    """Split a pytree's leaves into arrays (traced) and the rest (static)."""
-    leaves, treedef = jax.tree.flatten(tree)
-    dynamic = [x for x in leaves if _is_dynamic(x)]
-    static = tuple(None if _is_dynamic(x) else x for x in leaves)
-    mask = tuple(_is_dynamic(x) for x in leaves)
-    return dynamic, (treedef, static, mask)
-
-
-def _combine(dynamic: list, static: Any) -> Any:
-    treedef, consts, mask = static
-    it = iter(dynamic)
-    leaves = [next(it) if m else c for c, m in zip(consts, mask)]
-    return jax.tree.unflatten(treedef, leaves)

@@ -1,17 +1,93 @@
-"""Outcomes of solves and line searches: one enum, one message table."""
+"""Outcomes of solves (``Status``) and of line searches (``SearchStatus``):
+two enums, one message table each."""
 
 from __future__ import annotations
 
 import enum
+import warnings
+from typing import Any
 
 import jax.numpy as jnp
 
 
-class Status(enum.IntEnum):
-    """How a solve (``minimize``) or one line search ended.
+class SearchStatus(enum.IntEnum):
+    """How one line search ended (``nnxopt.linesearch.SearchStatus``).
+
+    Carried in a search's state as an ``int32`` ``status``; turn it back with
+    ``SearchStatus(int(code))``. The codes of the two failures are those of the
+    matching :class:`Status` members, so a solve reports them unchanged.
+
+    Example:
+        >>> from nnxopt.linesearch import SearchStatus
+        >>> SearchStatus.NOT_DESCENT.message.split(":")[0]
+        'line search'
+    """
+
+    SUCCESS = 8
+    NOT_DESCENT = 9
+    MAX_LINESEARCH_STEPS = 10
+    STEP_TOO_SMALL = 11
+    LINESEARCH_FAILED = 5
+    NON_FINITE = 6
+
+    @property
+    def message(self) -> str:
+        """The human-readable explanation of this outcome."""
+        return SEARCH_MESSAGES[self]
+
+    @property
+    def success(self) -> bool:
+        """Whether the accepted step satisfies the search's conditions."""
+        return self is SearchStatus.SUCCESS
+
+
+SEARCH_MESSAGES: dict[SearchStatus, str] = {
+    SearchStatus.SUCCESS: "line search: accepted step satisfies its conditions",
+    SearchStatus.NOT_DESCENT: (
+        "line search: the direction is not a descent direction; a safe step "
+        "was taken instead"
+    ),
+    SearchStatus.MAX_LINESEARCH_STEPS: (
+        "line search: max_linesearch_steps evaluations used without meeting "
+        "the conditions; the best point seen was taken"
+    ),
+    SearchStatus.STEP_TOO_SMALL: (
+        "line search: the bracketing interval fell below stepsize_precision; "
+        "the best point seen was taken"
+    ),
+    SearchStatus.LINESEARCH_FAILED: (
+        "line search: no step decreased the loss; the zero step was taken"
+    ),
+    SearchStatus.NON_FINITE: (
+        "line search: the loss or slope is non-finite at the start or at every "
+        "trial; the zero step was taken"
+    ),
+}
+
+#: Line-search members that ``Status`` had before 0.2 (deprecated aliases).
+_MOVED = ("SUCCESS", "NOT_DESCENT", "MAX_LINESEARCH_STEPS", "STEP_TOO_SMALL")
+
+
+class _StatusType(enum.EnumType):
+    def __getattr__(cls, name: str) -> Any:
+        if name in _MOVED:
+            warnings.warn(
+                f"nnxopt.Status.{name} is deprecated and will be removed in the "
+                "next release: line-search outcomes moved to "
+                f"nnxopt.linesearch.SearchStatus.{name}.",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return SearchStatus[name]
+        return super().__getattr__(name)  # type: ignore[misc]
+
+
+class Status(enum.IntEnum, metaclass=_StatusType):
+    """How a solve (``solve``, ``minimize``) ended.
 
     Carried on device as an ``int32`` code; turn it back with ``Status(int(code))``.
     Every member has a ``message`` (one table, ``MESSAGES``) and a ``success`` flag.
+    Line-search outcomes are :class:`nnxopt.linesearch.SearchStatus`.
 
     Example:
         >>> import nnxopt
@@ -28,11 +104,7 @@ class Status(enum.IntEnum):
     LINESEARCH_FAILED = 5
     NON_FINITE = 6
     CALLBACK_STOP = 7
-    # Outcomes of a single line search.
-    SUCCESS = 8
-    NOT_DESCENT = 9
-    MAX_LINESEARCH_STEPS = 10
-    STEP_TOO_SMALL = 11
+    INTERRUPTED = 12
 
     @property
     def message(self) -> str:
@@ -60,25 +132,16 @@ MESSAGES: dict[Status, str] = {
         "at the best finite point"
     ),
     Status.CALLBACK_STOP: "stopped: the callback returned True",
-    Status.SUCCESS: "line search: accepted step satisfies its conditions",
-    Status.NOT_DESCENT: (
-        "line search: the direction is not a descent direction; a safe step "
-        "was taken instead"
-    ),
-    Status.MAX_LINESEARCH_STEPS: (
-        "line search: max_linesearch_steps evaluations used without meeting "
-        "the conditions; the best point seen was taken"
-    ),
-    Status.STEP_TOO_SMALL: (
-        "line search: the bracketing interval fell below stepsize_precision; "
-        "the best point seen was taken"
+    Status.INTERRUPTED: (
+        "stopped: interrupted (Ctrl-C); the parameters are the last accepted "
+        "iterate, pass state= to resume"
     ),
 }
 
-_SUCCESS = frozenset({Status.CONVERGED_GTOL, Status.CONVERGED_FTOL, Status.SUCCESS})
+_SUCCESS = frozenset({Status.CONVERGED_GTOL, Status.CONVERGED_FTOL})
 
 
 def is_success(code: jnp.ndarray) -> jnp.ndarray:
-    """Return whether a traced ``int32`` status code is a success (jit-safe)."""
+    """Return whether a traced ``int32`` solve status code is a success (jit-safe)."""
     codes = jnp.asarray([int(s) for s in _SUCCESS], dtype=jnp.int32)
     return jnp.any(jnp.asarray(code, jnp.int32)[..., None] == codes, axis=-1)

@@ -10,6 +10,8 @@ are checked when the search is built: ``TypeError`` for a wrong type,
 ``ValueError`` for a value out of range.
 """
 
+from .._status import SEARCH_MESSAGES as SEARCH_MESSAGES
+from .._status import SearchStatus as SearchStatus
 from ._common import LineSearchInfo as LineSearchInfo
 from .backtracking import BacktrackingState as BacktrackingState
 from .backtracking import backtracking as backtracking

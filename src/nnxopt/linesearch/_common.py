@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .._status import Status
+from .._status import SearchStatus
 
 _INT = jnp.int32
 
@@ -28,7 +28,8 @@ class LineSearchInfo(NamedTuple):
 
     Attributes:
         num_linesearch_steps: trial steps tried by the last search (int32).
-        num_value_evals: evaluations of the loss by the last search (int32).
+        num_value_evals: evaluations of the loss by the last search (int32),
+            with or without a gradient (every forward pass).
         num_grad_evals: evaluations of the gradient by the last search (int32);
             equal to ``num_value_evals`` except for ``backtracking``, which
             evaluates the gradient once, at the accepted point.
@@ -56,7 +57,7 @@ class LineSearchState(NamedTuple):
         learning_rate: the accepted step (0 for the zero step).
         value: the loss at the accepted point (``inf`` after ``init``).
         grad: the gradient at the accepted point (zeros after ``init``).
-        status: ``int32`` code of :class:`nnxopt.Status`.
+        status: ``int32`` code of :class:`nnxopt.linesearch.SearchStatus`.
         aux: the aux of the accepted point when ``has_aux``, else None.
         info: a :class:`LineSearchInfo`.
     """
@@ -305,14 +306,14 @@ def conclude(
     decreased = best.value < start.value
     status = jnp.where(
         converged,
-        _INT(Status.SUCCESS),
+        _INT(SearchStatus.SUCCESS),
         jnp.where(
             decreased,
             jnp.asarray(stopped, _INT),
             jnp.where(
                 is_finite_point(point),
-                _INT(Status.LINESEARCH_FAILED),
-                _INT(Status.NON_FINITE),
+                _INT(SearchStatus.LINESEARCH_FAILED),
+                _INT(SearchStatus.NON_FINITE),
             ),
         ),
     )
@@ -342,7 +343,7 @@ def start_track(prob: Problem) -> Track:
         best=prob.start,
         done=~prob.can_search,
         converged=jnp.asarray(False),
-        stopped=_INT(Status.MAX_LINESEARCH_STEPS),
+        stopped=_INT(SearchStatus.MAX_LINESEARCH_STEPS),
         n=_INT(0),
     )
 
@@ -356,7 +357,7 @@ def advance(track: Track, p: Point, converged: jax.Array, stuck: jax.Array) -> T
         done=converged | stuck,
         converged=converged,
         stopped=jnp.where(
-            stuck & ~converged, _INT(Status.STEP_TOO_SMALL), track.stopped
+            stuck & ~converged, _INT(SearchStatus.STEP_TOO_SMALL), track.stopped
         ),
         n=track.n + 1,
     )
@@ -396,7 +397,7 @@ def init_fields(params: Any) -> dict[str, Any]:
         # inf so that optax.value_and_grad_from_state evaluates on step one.
         value=jnp.asarray(jnp.inf, dtype),
         grad=optax.tree.zeros_like(params),
-        status=_INT(Status.SUCCESS),
+        status=_INT(SearchStatus.SUCCESS),
         aux=None,
         info=LineSearchInfo(_INT(0), _INT(0), _INT(0), zero, zero),
     )
@@ -507,10 +508,10 @@ def run_search(
     out = algorithm(Problem(start, alpha0, can_search, evaluate, evaluate_value))
 
     p = out.point
-    status = jnp.where(not_descent, _INT(Status.NOT_DESCENT), out.status)
+    status = jnp.where(not_descent, _INT(SearchStatus.NOT_DESCENT), out.status)
     # A nan gradient or loss at the start leaves nothing to search along.
     status = jnp.where(
-        jnp.isfinite(f0) & jnp.isfinite(slope), status, _INT(Status.NON_FINITE)
+        jnp.isfinite(f0) & jnp.isfinite(slope), status, _INT(SearchStatus.NON_FINITE)
     )
     alpha = jnp.where(p.alpha > 0, p.alpha, 0).astype(dtype)
     new_updates = jax.tree.map(

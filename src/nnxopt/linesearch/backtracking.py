@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .._status import Status
+from .._status import SearchStatus
 from . import _common
 from ._common import Outcome, Point, Problem
 
@@ -19,7 +19,9 @@ _INT = jnp.int32
 class BacktrackingState(_common.LineSearchState):
     """State of :func:`backtracking`: the fields of every line-search state
     (``learning_rate``, ``value``, ``grad``, ``status``, ``aux``, ``info``);
-    ``info.num_grad_evals`` is 1 when a step was taken, 0 for the zero step."""
+    ``info.num_grad_evals`` is 1 when a step was taken, 0 for the zero step;
+    that value-and-gradient evaluation is counted in ``info.num_value_evals``
+    too."""
 
     __slots__ = ()
 
@@ -94,17 +96,21 @@ def _search(prob: Problem, c1, factor, max_steps) -> Outcome:
     )
     status = jnp.where(
         c.accepted,
-        _INT(Status.SUCCESS),
+        _INT(SearchStatus.SUCCESS),
         jnp.where(
             moved,
-            _INT(Status.MAX_LINESEARCH_STEPS),
+            _INT(SearchStatus.MAX_LINESEARCH_STEPS),
             jnp.where(
-                c.any_finite, _INT(Status.LINESEARCH_FAILED), _INT(Status.NON_FINITE)
+                c.any_finite,
+                _INT(SearchStatus.LINESEARCH_FAILED),
+                _INT(SearchStatus.NON_FINITE),
             ),
         ),
     )
     point = Point(jnp.where(moved, alpha, 0), p.value, p.slope, p.grad, p.aux)
-    return Outcome(point, status, c.n, c.n, moved.astype(_INT))
+    # The value and gradient at the accepted step are one more evaluation of
+    # the loss: num_value_evals counts every forward pass (the loop's nfev).
+    return Outcome(point, status, c.n, c.n + moved, moved.astype(_INT))
 
 
 def backtracking(

@@ -28,7 +28,7 @@ class HagerZhangState(NamedTuple):
         learning_rate: the accepted step (0 for the zero step).
         value: the loss at the accepted point (``inf`` after ``init``).
         grad: the gradient at the accepted point (zeros after ``init``).
-        status: ``int32`` code of :class:`nnxopt.Status`.
+        status: ``int32`` code of :class:`nnxopt.linesearch.SearchStatus`.
         aux: the aux of the accepted point when ``has_aux``, else None.
         info: a :class:`LineSearchInfo`.
         value_average: :math:`C_k`, the decayed average of ``|f|`` over the

@@ -297,14 +297,14 @@ def more_thuente(
         lands next to the minimizer, 0.5.
 
         >>> import jax, jax.numpy as jnp
-        >>> from nnxopt import Status
+        >>> from nnxopt.linesearch import SearchStatus
         >>> from nnxopt.linesearch import more_thuente
         >>> f = lambda x: jnp.sum((x - 3.0) ** 2)
         >>> x = jnp.zeros(2)
         >>> v, g = jax.value_and_grad(f)(x)
         >>> ls = more_thuente()
         >>> u, state = ls.update(-g, ls.init(x), x, value=v, grad=g, value_fn=f)
-        >>> round(float(state.learning_rate), 3), Status(int(state.status)).name
+        >>> round(float(state.learning_rate), 3), SearchStatus(int(state.status)).name
         (0.5, 'SUCCESS')
         >>> int(state.info.num_value_evals)
         2

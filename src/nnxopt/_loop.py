@@ -1,0 +1,297 @@
+"""The solve loop: one ``lax.while_loop`` over ``Solver.step``.
+
+Around the pure step it adds what only a running solve has: the per-call
+history, the user's callback and progress bar, and Ctrl-C. One loop serves
+``nnxopt.solve`` and ``nnxopt.minimize``.
+
+Ctrl-C: a compiled loop never returns to Python, so Python's SIGINT handler
+cannot run until it ends. An eager solve therefore runs the loop in *chunks*:
+each call of the compiled loop makes at most ``limit`` steps and returns the
+(resumable) state, and the host, between chunks, runs the SIGINT handler nnxopt
+installed for the solve. Chunks are sized from the measured time per step to
+last about ``CHUNK_SECONDS`` (a warm solve shorter than that is one call; the
+first, compiling call grows its chunks from one step), so a Ctrl-C stops the
+solve within about that time, with no host callback inside the loop. Chunk
+boundaries are exact resumes: the iterates are those of one uninterrupted loop.
+Solves traced by ``jax.jit`` or ``jax.vmap`` (and those started off the main
+thread or under another SIGINT handler) run in one chunk and are not
+interruptible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import io_callback
+
+from ._solver import Solver, SolverState
+from ._status import Status
+
+PyTree = Any
+_INT = jnp.int32
+#: Target wall time of one chunk of an interruptible solve.
+CHUNK_SECONDS = 0.25
+#: ``limit`` of a solve that runs in one chunk.
+NO_LIMIT = 2**31 - 1
+
+
+class MinimizeHistory(NamedTuple):
+    """Per-iteration trace of one call, on device.
+
+    Entry ``k`` is the ``k``-th iterate accepted by this call (``0`` is its
+    starting point, the resumed point when ``state=`` was given). Arrays have
+    length ``maxiter + 1``; unused entries are ``nan`` (and ``-1`` for ``nfev``).
+    Use :meth:`trim` to drop the padding.
+
+    Attributes:
+        value: the loss at each iterate.
+        grad_norm: the infinity norm of the gradient at each iterate.
+        nfev: the cumulative number of loss evaluations when the iterate was reached.
+    """
+
+    value: Any
+    grad_norm: Any
+    nfev: Any
+
+    def trim(self) -> MinimizeHistory:
+        """Return the history as NumPy arrays without the padding."""
+        nfev = np.asarray(self.nfev)
+        n = int(np.sum(nfev >= 0))
+        return MinimizeHistory(
+            np.asarray(self.value)[:n], np.asarray(self.grad_norm)[:n], nfev[:n]
+        )
+
+
+class MinimizeInfo(NamedTuple):
+    """What ``callback(info)`` receives after each accepted iteration.
+
+    Attributes:
+        iteration: the iteration number (``1`` after the first iteration).
+        value: the loss at the new iterate.
+        grad_norm: the infinity norm of the gradient at the new iterate.
+        learning_rate: the step size the line search accepted (``nan`` if the
+            transform reports none).
+        nfev: the cumulative number of loss evaluations.
+    """
+
+    iteration: int
+    value: float
+    grad_norm: float
+    learning_rate: float
+    nfev: int
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopOptions:
+    """Static options of the loop (part of the compilation key).
+
+    Attributes:
+        maxiter: the length of the history minus one (the solver's ``maxiter``).
+        hosted: a callback or progress bar runs on the host each iteration.
+    """
+
+    maxiter: int
+    hosted: bool = False
+
+
+class _Carry(NamedTuple):
+    state: SolverState
+    history: tuple
+    steps: jax.Array
+
+
+def new_history(state: SolverState, maxiter: int) -> MinimizeHistory:
+    """The history of a call starting at ``state`` (entry 0), length ``maxiter + 1``."""
+    dtype = state.value.dtype
+    n = maxiter + 1
+    return MinimizeHistory(
+        jnp.full((n,), jnp.nan, dtype).at[0].set(state.value),
+        jnp.full((n,), jnp.nan, dtype).at[0].set(state.grad_norm),
+        jnp.full((n,), -1, _INT).at[0].set(state.nfev),
+    )
+
+
+def chunk_steps(seconds_per_step: float) -> int:
+    """Steps of a chunk lasting about ``CHUNK_SECONDS`` at this rate (>= 1)."""
+    return int(min(max(CHUNK_SECONDS / max(seconds_per_step, 1e-9), 1), NO_LIMIT))
+
+
+def run(
+    solver: Solver,
+    state: SolverState,
+    history: MinimizeHistory,
+    nit0: jax.Array,
+    args: tuple,
+    kwargs: dict,
+    options: LoopOptions,
+    limit: jax.Array,
+    run_id: jax.Array,
+) -> tuple[SolverState, MinimizeHistory]:
+    """Step ``state`` until the solver terminates or ``limit`` steps were made.
+
+    ``nit0`` is the iteration count at the start of the call: accepted
+    iteration ``nit`` is history entry ``nit - nit0``.
+    """
+    n = options.maxiter + 1
+
+    def body(c: _Carry) -> _Carry:
+        s = solver.step(c.state, *args, **kwargs)
+        accept = s.nit > c.state.nit
+        status = s.status
+        if options.hosted:
+            stop = _host_step(run_id, accept, s)
+            stoppable = (
+                (status == Status.RUNNING)
+                | (status == Status.MAX_ITER)
+                | (status == Status.MAX_FEV)
+            )
+            status = jnp.where(accept & stop & stoppable, Status.CALLBACK_STOP, status)
+        # A rejected iteration writes out of bounds (dropped): no read of the
+        # buffers, so XLA updates them in place.
+        i = jnp.where(accept, s.nit - nit0, n)
+        history = tuple(
+            h.at[i].set(v.astype(h.dtype), mode="drop")
+            for h, v in zip(c.history, (s.value, s.grad_norm, s.nfev), strict=True)
+        )
+        return _Carry(s._replace(status=status.astype(_INT)), history, c.steps + 1)
+
+    def cond(c: _Carry) -> jax.Array:
+        return ~solver.terminate(c.state) & (c.steps < limit)
+
+    init = _Carry(state, tuple(history), jnp.zeros((), _INT))
+    out = jax.lax.while_loop(cond, body, init)
+    return out.state, MinimizeHistory(*out.history)
+
+
+# ---------------------------------------------------------------------------
+# Host side: callback, progress bar and the Ctrl-C poll.
+
+
+@dataclasses.dataclass
+class HostRun:
+    """What the host callbacks of one running solve need."""
+
+    callback: Callable[[MinimizeInfo], Any] | None = None
+    bar: Any = None
+
+
+RUNS: dict[int, HostRun] = {}
+_RUN_IDS = itertools.count(1)
+
+
+def register(run: HostRun) -> int:
+    """Register a running solve's host objects; return its id."""
+    run_id = next(_RUN_IDS)
+    RUNS[run_id] = run
+    return run_id
+
+
+def _host_step(run_id: jax.Array, accept: jax.Array, s: SolverState) -> jax.Array:
+    return io_callback(
+        _on_host,
+        jax.ShapeDtypeStruct((), jnp.bool_),
+        run_id, accept, s.nit, s.value, s.grad_norm, s.learning_rate, s.nfev,
+        ordered=True,
+    )  # fmt: skip
+
+
+def _on_host(run_id, accept, nit, f, gn, lr, nfev) -> np.bool_:
+    run = RUNS.get(int(run_id))
+    if run is None or not bool(accept):
+        return np.bool_(False)
+    info = MinimizeInfo(int(nit), float(f), float(gn), float(lr), int(nfev))
+    if run.bar is not None:
+        run.bar.set_postfix(
+            loss=f"{info.value:.4e}", gnorm=f"{info.grad_norm:.2e}", refresh=False
+        )
+        run.bar.update(1)
+    stop = bool(run.callback(info)) if run.callback is not None else False
+    return np.bool_(stop)
+
+
+class _Interrupt:
+    """SIGINT handling around eager solves (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._reader: socket.socket | None = None
+        self._writer: socket.socket | None = None
+        self._depth = 0
+        self._hit = False
+        self._count = 0
+        self._saved: tuple[Any, int] | None = None
+
+    def available(self) -> bool:
+        """Whether a solve started now can be interrupted (main thread, default
+        SIGINT handler, no other wakeup fd), or one already is."""
+        if self._depth:
+            return True
+        return (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        )
+
+    def __enter__(self) -> _Interrupt:
+        if self._depth == 0:
+            if self._reader is None:
+                self._reader, self._writer = socket.socketpair()
+                self._reader.setblocking(False)
+                self._writer.setblocking(False)
+            self._drain()
+            self._hit, self._count = False, 0
+            assert self._writer is not None
+            old_fd = signal.set_wakeup_fd(
+                self._writer.fileno(), warn_on_full_buffer=False
+            )
+            old_handler = signal.signal(signal.SIGINT, self._handler)
+            self._saved = (old_handler, old_fd)
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._saved is not None:
+            handler, fd = self._saved
+            self._saved = None
+            signal.set_wakeup_fd(fd)
+            signal.signal(signal.SIGINT, handler)
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        # Signals that arrive while the main thread waits on the device reach
+        # this handler once, however many they were: count the wakeup bytes.
+        with self._lock:
+            self._count += max(self._drain(), 1)
+            self._hit = True
+        if self._count >= 2:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+
+    def _drain(self) -> int:
+        """Read the wakeup bytes; return how many SIGINTs they record."""
+        count = 0
+        assert self._reader is not None
+        while True:
+            try:
+                data = self._reader.recv(512)
+            except BlockingIOError:
+                return count
+            if not data:
+                return count
+            count += data.count(signal.SIGINT)
+
+    @property
+    def hit(self) -> bool:
+        """Whether Ctrl-C was pressed since the solve started."""
+        return self._hit
+
+
+INTERRUPT = _Interrupt()

@@ -1,0 +1,108 @@
+"""The L-BFGS curvature memory: stacked pairs, built like the parameters, and
+the two-loop recursion that applies the inverse-Hessian approximation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def new_memory(params: Any, m: int) -> Any:
+    """Return zeros stacked ``m`` deep per leaf, built from the parameter.
+
+    Broadcasting the parameter's own zeros (rather than ``jnp.zeros((m,
+    *shape))``, which lands on one device) lets the memory follow the
+    parameter's placement.
+    """
+    return jax.tree.map(
+        lambda p: jnp.broadcast_to(jnp.zeros_like(p)[None], (m, *jnp.shape(p))).astype(
+            jnp.result_type(p)
+        ),
+        params,
+    )
+
+
+def _vdot(x: Any, y: Any, dtype: jnp.dtype) -> jax.Array:
+    return optax.tree.real(optax.tree.vdot(x, y)).astype(dtype)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = jax.tree.leaves(tree)
+    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def _axpy(a: jax.Array, x: Any, y: Any) -> Any:
+    """Return ``a * x + y`` leaf-wise, keeping each leaf's dtype."""
+    return jax.tree.map(lambda xi, yi: jnp.asarray(a, yi.dtype) * xi + yi, x, y)
+
+
+def _scale(a: jax.Array | float, x: Any) -> Any:
+    return jax.tree.map(lambda xi: jnp.asarray(a, xi.dtype) * xi, x)
+
+
+def _zero_if(cond: jax.Array, weights: jax.Array) -> jax.Array:
+    """Discard every stored pair (weights 0) when ``cond``; the buffers stay."""
+    return jnp.where(cond, jnp.zeros_like(weights), weights)
+
+
+def _where(cond: jax.Array, x: Any, y: Any) -> Any:
+    return jax.tree.map(lambda xi, yi: jnp.where(cond, xi, yi), x, y)
+
+
+def two_loop_recursion(
+    grad: Any,
+    diff_params_memory: Any,
+    diff_updates_memory: Any,
+    weights_memory: jax.Array,
+    identity_scale: jax.Array,
+    memory_idx: jax.Array,
+) -> Any:
+    """Return ``H g``, the L-BFGS inverse-Hessian approximation applied to ``grad``.
+
+    ``H`` is built from the stored pairs, oldest first (the ring buffer's newest
+    pair sits just before ``memory_idx``), starting from ``identity_scale * I``.
+    Slots with a zero weight are exact no-ops, so a partly filled memory needs no
+    mask.
+
+    Args:
+        grad: pytree ``g``.
+        diff_params_memory: stacked ``s_i``, leading axis ``m``.
+        diff_updates_memory: stacked ``y_i``, leading axis ``m``.
+        weights_memory: ``rho_i = 1/(s_i·y_i)``, shape ``(m,)``, 0 if unused.
+        identity_scale: scalar ``gamma`` of the initial matrix ``gamma * I``.
+        memory_idx: ``int32`` slot the next pair would be written to.
+
+    Returns:
+        A pytree like ``grad``.
+
+    References:
+        Nocedal & Wright, Numerical Optimization (2006), Algorithm 7.4.
+    """
+    dtype = weights_memory.dtype
+    m = weights_memory.shape[0]
+    newest_first = (memory_idx - 1 - jnp.arange(m)) % m
+
+    def take(i: jax.Array) -> tuple[Any, Any]:
+        return jax.tree.map(lambda x: x[i], (diff_params_memory, diff_updates_memory))
+
+    def first_loop(q: Any, i: jax.Array) -> tuple[Any, jax.Array]:
+        s, y = take(i)
+        w = weights_memory[i]  # 0: an empty or discarded slot, skipped
+        alpha = jnp.where(w != 0, w * _vdot(s, q, dtype), 0)
+        return _axpy(-alpha, y, q), alpha
+
+    q, alphas = jax.lax.scan(first_loop, grad, newest_first)
+    r = _scale(identity_scale, q)
+
+    def second_loop(r: Any, i_alpha: tuple[jax.Array, jax.Array]) -> tuple[Any, None]:
+        i, alpha = i_alpha
+        s, y = take(i)
+        w = weights_memory[i]
+        beta = jnp.where(w != 0, w * _vdot(y, r, dtype), 0)
+        return _axpy(alpha - beta, s, r), None
+
+    r, _ = jax.lax.scan(second_loop, r, (newest_first, alphas), reverse=True)
+    return r

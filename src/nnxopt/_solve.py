@@ -1,0 +1,483 @@
+"""``nnxopt.solve``: the pure solver on pytrees, and its ``Solution``."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import _loop
+from ._cache import compiled, transform_key
+from ._loop import LoopOptions, MinimizeHistory, MinimizeInfo
+from ._solver import (
+    DEFAULT_MAXFEV,
+    DEFAULT_MAXITER,
+    Solver,
+    SolverState,
+    check_options,
+    default_tols,
+    default_tx,
+    strong_params,
+)
+from ._status import Status, is_success
+from ._tree import combine, describe, lowest_precision, partition
+
+PyTree = Any
+_CALL = "nnxopt.solve"
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Solution:
+    """The outcome of :func:`nnxopt.solve`: a pytree (it passes through ``jit``
+    and ``vmap``); field names follow scipy's ``OptimizeResult``.
+
+    Attributes:
+        params: the solution, shaped like the starting ``params``: the last
+            iterate on success or interrupt, else the best accepted one.
+        state: the :class:`SolverState` to resume from (``state=sol.state``).
+        fun: the loss at ``params``.
+        grad_norm: the infinity norm of the gradient there.
+        nit, nfev, njev: iterations and evaluations of the whole solve
+            (``int32`` arrays; a resumed solve keeps counting).
+        success: whether it converged (``gtol`` or ``ftol``), a bool array.
+        status: an ``int32`` :class:`nnxopt.Status` code (``Status(int(...))``).
+        aux: the auxiliary output at ``params`` (``has_aux=True``), else None.
+        history: per-iteration values of this call (:class:`MinimizeHistory`),
+            None from :meth:`from_state`.
+    """
+
+    params: PyTree
+    state: SolverState
+    fun: jax.Array
+    grad_norm: jax.Array
+    nit: jax.Array
+    nfev: jax.Array
+    njev: jax.Array
+    success: jax.Array
+    status: jax.Array
+    aux: Any = None
+    history: MinimizeHistory | None = None
+
+    @property
+    def message(self) -> str:
+        """The explanation of ``status`` (outside ``jit``/``vmap`` only)."""
+        return Status(int(self.status)).message
+
+    @classmethod
+    def from_state(
+        cls,
+        solver: Solver,
+        state: SolverState,
+        *args: Any,
+        history: MinimizeHistory | None = None,
+        **kwargs: Any,
+    ) -> Solution:
+        """The solution a solve ending in ``state`` returns (for your own loop)."""
+        return cls.build(state, solver.final(state, *args, **kwargs), history)
+
+    @classmethod
+    def build(
+        cls, state: SolverState, final: tuple, history: MinimizeHistory | None
+    ) -> Solution:
+        """The solution from ``state`` and :meth:`Solver.final`'s output."""
+        x, _, fun, gnorm, aux, nfev = final
+        return cls(
+            params=x,
+            state=state,
+            fun=fun,
+            grad_norm=gnorm,
+            nit=state.nit,
+            nfev=nfev,
+            njev=state.njev,
+            success=is_success(state.status),
+            status=state.status,
+            aux=aux,
+            history=history,
+        )
+
+
+def solve(
+    fun: Callable[..., Any],
+    params: PyTree,
+    *args: Any,
+    tx: optax.GradientTransformation | None = None,
+    gtol: float | None = None,
+    ftol: float | None = None,
+    maxiter: int | None = None,
+    maxfev: int | None = None,
+    has_aux: bool = False,
+    callback: Callable[[MinimizeInfo], Any] | None = None,
+    progress: bool = False,
+    state: SolverState | None = None,
+    **kwargs: Any,
+) -> Solution:
+    """Minimize ``fun(params, *args, **kwargs)`` over a pytree of floating arrays.
+
+    The pure counterpart of :func:`nnxopt.minimize`, with the same stopping
+    rules, statuses and evaluation counts, for any pytree (a dict of
+    hyperparameters, a tuple of arrays): one compiled ``lax.while_loop`` over
+    :class:`Solver`'s ``step``, compiled once per (``fun``, structure, shapes,
+    ``maxiter``, transform structure). It is pure: ``jax.jit`` and ``jax.vmap``
+    of ``solve`` work (under them there is no Ctrl-C poll, and ``callback`` and
+    ``progress`` are not batched).
+
+    Resume: ``solve(fun, sol.params, *args, state=sol.state)`` continues exactly
+    where ``sol`` stopped (L-BFGS memory, line-search state, counters): two
+    calls of 20 iterations equal one of 40. ``maxiter`` and ``maxfev`` are
+    budgets of the whole solve. Ctrl-C stops an eager solve within a fraction of
+    a second with status ``INTERRUPTED`` and a resumable state.
+
+    Args:
+        fun: ``fun(params, *args, **kwargs)`` returning a real scalar, or
+            ``(scalar, aux)`` with ``has_aux=True``. Keyed by identity, like
+            ``jax.jit``: define it once and pass data as arguments.
+        params: the starting point, a pytree of floating arrays.
+        *args: arrays (traced) and other values (static, hashable) for ``fun``.
+        tx: any optax transform; ``None`` means ``nnxopt.lbfgs()``.
+        gtol: gradient tolerance (infinity norm); default :func:`default_tols`.
+        ftol: relative-decrease tolerance; default :func:`default_tols`.
+        maxiter: iterations of the whole solve (default 15000, scipy's).
+        maxfev: loss evaluations of the whole solve (default 15000).
+        has_aux: whether ``fun`` returns ``(loss, aux)``.
+        callback: ``callback(info: MinimizeInfo)`` after each accepted
+            iteration, on the host; returning ``True`` stops the solve.
+        progress: show a tqdm progress bar (the ``progress`` extra).
+        state: a ``Solution.state`` to resume from; ``params`` must then have
+            the structure, shapes and dtypes of ``state.params``, whose values
+            are used.
+        **kwargs: keyword arguments of ``fun``.
+
+    Returns:
+        A :class:`Solution`.
+
+    Raises:
+        TypeError: wrong types: ``fun`` not callable, non-floating leaves, a
+            ``Solution`` passed as ``params``, a ``state`` of another problem.
+        ValueError: negative tolerances or limits, ``maxiter`` below the
+            iterations ``state`` already made.
+
+    Example:
+        >>> import jax.numpy as jnp, nnxopt
+        >>> def fun(p, y):
+        ...     return jnp.sum((p["a"] * jnp.arange(3.0) + p["b"] - y) ** 2)
+        >>> y = jnp.array([1.0, 3.0, 5.0])
+        >>> sol = nnxopt.solve(fun, {"a": 0.0, "b": 0.0}, y)
+        >>> nnxopt.Status(int(sol.status)).name
+        'CONVERGED_GTOL'
+        >>> print(jnp.round(sol.params["a"], 4), jnp.round(sol.params["b"], 4))
+        2.0 1.0
+    """
+    if not callable(fun):
+        raise TypeError(f"{_CALL}: fun must be callable; got {fun!r}.")
+    params = check_params(_CALL, params)
+    dynamic, static = partition((args, kwargs))
+    run = compiled_run(
+        _CALL,
+        ("solve", fun, has_aux),
+        functools.partial(Solver, fun, has_aux=has_aux, call=_CALL),
+        tx,
+        static,
+        maxiter,
+    )
+    solution, _, _ = launch(
+        run, params, state, dynamic,
+        call=_CALL, gtol=gtol, ftol=ftol, maxiter=maxiter, maxfev=maxfev,
+        callback=callback, progress=progress,
+    )  # fmt: skip
+    return solution
+
+
+# ---------------------------------------------------------------------------
+# The compiled run shared with ``minimize``.
+
+
+@dataclasses.dataclass(frozen=True)
+class Runner:
+    """The two compiled halves of a solve, cached per problem structure.
+
+    ``start(params, state, dynamic, limits)`` builds the state (``init``, or
+    ``resume`` of a given one) and the history; ``advance(state, history, nit0,
+    dynamic, limits, limit, run_id)`` runs at most ``limit`` steps of the loop
+    and returns ``(state, history, out)``, ``out`` holding the
+    :class:`Solution` and the integer counts.
+    """
+
+    start: Any
+    advance: Any
+
+
+def compiled_run(
+    call: str,
+    key: tuple,
+    make_solver: Callable[..., Solver],
+    tx: optax.GradientTransformation | None,
+    static: Any,
+    maxiter: int | None,
+    *,
+    prepare: Callable[..., dict] | None = None,
+) -> Callable[[bool], Runner]:
+    """Return ``make(hosted)``, which returns the cached :class:`Runner`.
+
+    ``make_solver(**options)`` builds the :class:`Solver` inside the trace;
+    ``prepare(params, args, kwargs)``, if given, returns more of its arguments.
+    The compiled functions are cached on ``key``, the transform's structure,
+    the static arguments and the loop options.
+    """
+    tx = default_tx() if tx is None else tx
+    if not isinstance(tx, optax.GradientTransformation):
+        raise TypeError(
+            f"{call}: tx must be an optax GradientTransformation (e.g. "
+            f"optax.adam(1e-3) or nnxopt.lbfgs()) or None; got {tx!r}."
+        )
+    check_options(call, None, None, maxiter, None)
+    maxiter = DEFAULT_MAXITER if maxiter is None else int(maxiter)
+
+    def make(hosted: bool) -> Runner:
+        options = LoopOptions(maxiter, hosted)
+        parts = _Parts(make_solver, tx, static, options, prepare)
+        return compiled(
+            (*key, transform_key(tx), static, options, prepare),
+            lambda: Runner(jax.jit(parts.start), jax.jit(parts.advance)),
+        )
+
+    return make
+
+
+@dataclasses.dataclass(frozen=True)
+class _Parts:
+    """What the traced halves of a solve are built from (static)."""
+
+    make_solver: Callable[..., Solver]
+    tx: optax.GradientTransformation
+    static: Any
+    options: LoopOptions
+    prepare: Callable[..., dict] | None
+
+    def solver(self, params: PyTree, dynamic: list, limits: tuple) -> tuple:
+        args, kwargs = combine(dynamic, self.static)
+        gtol, ftol, maxfev = limits
+        # minimize: the NNX objective (does the loss write state?) at trace time
+        extra = {} if self.prepare is None else self.prepare(params, args, kwargs)
+        solver = self.make_solver(
+            tx=self.tx, gtol=gtol, ftol=ftol, maxiter=self.options.maxiter,
+            maxfev=maxfev, **extra,
+        )  # fmt: skip
+        return solver, args, kwargs
+
+    def start(
+        self, params: PyTree, state: SolverState | None, dynamic: list, limits: tuple
+    ) -> tuple[SolverState, MinimizeHistory]:
+        solver, args, kwargs = self.solver(params, dynamic, limits)
+        if state is None:
+            state = solver.init(params, *args, **kwargs)
+        else:
+            state = solver.resume(state)
+        return state, _loop.new_history(state, self.options.maxiter)
+
+    def advance(
+        self, state: SolverState, history: MinimizeHistory, nit0: jax.Array,
+        dynamic: list, limits: tuple, limit: jax.Array, run_id: jax.Array,
+    ) -> tuple[SolverState, MinimizeHistory, tuple]:  # fmt: skip
+        solver, args, kwargs = self.solver(state.params, dynamic, limits)
+        state, history = _loop.run(
+            solver, state, history, nit0, args, kwargs, self.options, limit, run_id
+        )
+        final = solver.final(state, *args, **kwargs)
+        # one array: one device-to-host transfer for the integer fields
+        counts = jnp.stack([state.status, state.nit, final[-1], state.njev])
+        success = is_success(state.status)
+        return state, history, (*final, success, counts.astype(jnp.int32))
+
+
+#: Seconds per loop step of each compiled loop, measured on its last run:
+#: sizes the first chunk of the next (warm) call.
+_SECONDS_PER_STEP: dict[int, float] = {}
+
+
+def launch(
+    make: Callable[[bool], Runner],
+    params: PyTree,
+    state: SolverState | None,
+    dynamic: list,
+    *,
+    call: str,
+    gtol: Any,
+    ftol: Any,
+    maxiter: int | None,
+    maxfev: int | None,
+    callback: Any,
+    progress: bool,
+) -> tuple[Solution, PyTree, Any]:
+    """Validate, then run the compiled solve with its host side (callback,
+    progress bar, Ctrl-C) around it; return ``(solution, written, counts)``."""
+    check_options(call, gtol, ftol, maxiter, maxfev)
+    if callback is not None and not callable(callback):
+        raise TypeError(
+            f"{call}: callback must be a function `callback(info) -> bool | None`; "
+            f"got {callback!r}."
+        )
+    if state is not None:
+        state = check_state(call, state, params, maxiter)
+    dtype = lowest_precision(params)
+    # Under jit/vmap (any traced input) the host cannot drive chunks.
+    traced = any(
+        isinstance(x, jax.core.Tracer)
+        for x in jax.tree.leaves((params, state, dynamic))
+    )
+    runner = make(callback is not None or progress)
+    # NumPy scalars: jit transfers them in its fast path, no dispatch.
+    d_gtol, d_ftol = default_tols(dtype)
+    np_dtype = jax.dtypes.canonicalize_dtype(dtype)
+    limits = (
+        np.asarray(d_gtol if gtol is None else gtol, np_dtype),
+        np.asarray(d_ftol if ftol is None else ftol, np_dtype),
+        np.int32(DEFAULT_MAXFEV if maxfev is None else maxfev),
+    )
+    total = DEFAULT_MAXITER if maxiter is None else maxiter
+    bar = _make_bar(call, total) if progress else None
+    run_id = np.int32(_loop.register(_loop.HostRun(callback, bar)))
+    interruptible = not traced and _loop.INTERRUPT.available()
+    try:
+        with _loop.INTERRUPT if interruptible else contextlib.nullcontext():
+            state, history = runner.start(params, state, dynamic, limits)
+            nit0 = state.nit
+            if interruptible:
+                out = _chunks(runner, state, history, nit0, dynamic, limits, run_id)
+            else:
+                no_limit = np.int32(_loop.NO_LIMIT)
+                out = runner.advance(
+                    state, history, nit0, dynamic, limits, no_limit, run_id
+                )
+        state, history, (x, written, fun, gnorm, aux, nfev, success, counts) = out
+        solution = Solution(
+            params=x, state=state, fun=fun, grad_norm=gnorm, nit=state.nit,
+            nfev=nfev, njev=state.njev, success=success, status=state.status,
+            aux=aux, history=history,
+        )  # fmt: skip
+        return solution, written, counts
+    finally:
+        _loop.RUNS.pop(int(run_id), None)
+        if bar is not None:
+            bar.close()
+
+
+def _chunks(
+    runner: Runner,
+    state: SolverState,
+    history: MinimizeHistory,
+    nit0: jax.Array,
+    dynamic: list,
+    limits: tuple,
+    run_id: np.int32,
+) -> tuple[SolverState, MinimizeHistory, tuple]:
+    """Run the loop in chunks of about ``CHUNK_SECONDS``, stopping on Ctrl-C."""
+    key = id(runner.advance)
+    rate = _SECONDS_PER_STEP.get(key)
+    # Unknown rate (the first call compiles): grow from one step.
+    limit, measured = (1, False) if rate is None else (_loop.chunk_steps(rate), True)
+    while True:
+        t0 = time.perf_counter()
+        state, history, out = runner.advance(
+            state, history, nit0, dynamic, limits, np.int32(limit), run_id
+        )
+        status = int(np.asarray(out[-1])[0])  # waits for the chunk
+        elapsed = time.perf_counter() - t0
+        if status != Status.RUNNING or _loop.INTERRUPT.hit:
+            break
+        if measured:  # a full chunk without compilation: a clean rate
+            _SECONDS_PER_STEP[key] = elapsed / limit
+        measured = True
+        limit = min(4 * limit, _loop.chunk_steps(elapsed / limit))
+    if status == Status.RUNNING:  # Ctrl-C between chunks: stop here
+        state = state._replace(status=jnp.asarray(Status.INTERRUPTED, jnp.int32))
+        return runner.advance(
+            state, history, nit0, dynamic, limits, np.int32(0), run_id
+        )
+    return state, history, out
+
+
+def _make_bar(call: str, total: int) -> Any:
+    try:
+        from tqdm.auto import tqdm
+    except ImportError as err:
+        raise ImportError(
+            f"{call}(progress=True) needs tqdm, an optional dependency. Install "
+            "it with `pip install 'nnxopt[progress]'` or pass progress=False."
+        ) from err
+    return tqdm(total=total, desc=call.rsplit(".", 1)[-1], unit="it", leave=True)
+
+
+# ---------------------------------------------------------------------------
+# Argument checks (at call time, never inside jit).
+
+
+def check_params(call: str, params: PyTree, name: str = "params") -> PyTree:
+    """Check that ``params`` is a non-empty pytree of floating arrays."""
+    if isinstance(params, Solution):
+        raise TypeError(
+            f"{call}: {name} is a Solution; pass its parameters, and its state "
+            f"to resume: `{call}(fun, sol.params, ..., state=sol.state)`."
+        )
+    if isinstance(params, SolverState):
+        raise TypeError(
+            f"{call}: {name} is a SolverState; pass the parameters as {name} and "
+            f"the state as `state=`: `{call}(fun, sol.params, ..., state=sol.state)`."
+        )
+    leaves = jax.tree.leaves(params)
+    if not leaves:
+        raise ValueError(f"{call}: {name} has no array leaves; got {params!r}.")
+    params = strong_params(params)
+    bad = {
+        jax.tree_util.keystr(path) or "<root>": str(jnp.result_type(leaf))
+        for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating)
+    }
+    if bad:
+        raise TypeError(
+            f"{call}: every leaf of {name} must be a real floating-point array; "
+            f"these are not: {bad!r}. Convert them, e.g. "
+            "`jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)`, or "
+            "pass integer data through *args instead."
+        )
+    return params
+
+
+def check_state(
+    call: str, state: Any, params: PyTree, maxiter: int | None
+) -> SolverState:
+    """Check that ``state`` belongs to this problem (structure, shapes, dtypes)."""
+    if not isinstance(state, SolverState):
+        hint = " (pass sol.state, not sol)" if isinstance(state, Solution) else ""
+        raise TypeError(
+            f"{call}: state must be the SolverState of an earlier solve"
+            f"{hint}; got {type(state).__name__}."
+        )
+    want = jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), params)
+    got = jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), state.params)
+    if jax.tree.structure(params) != jax.tree.structure(state.params) or want != got:
+        raise TypeError(
+            f"{call}: state= comes from another problem: its parameters are "
+            f"{describe(state.params)} but params is {describe(params)}. Pass the "
+            "state of a solve of the same parameters (same structure, shapes and "
+            "dtypes), or state=None to start afresh."
+        )
+    nit = state.nit
+    if maxiter is not None and not isinstance(nit, jax.core.Tracer):
+        done = int(np.asarray(nit))
+        if maxiter < done:
+            raise ValueError(
+                f"{call}: maxiter={maxiter} is below the {done} iterations the "
+                "given state= already made; maxiter is a budget of the whole "
+                f"solve: pass maxiter >= {done} (e.g. {done} + the iterations to "
+                "add)."
+            )
+    return state

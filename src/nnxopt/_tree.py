@@ -1,0 +1,101 @@
+"""Pytree helpers shared by the solver, the loop and the NNX edges."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+PyTree = Any
+
+
+def all_finite(tree: PyTree) -> jax.Array:
+    """Return whether every element of every leaf is finite (a scalar bool)."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def select(ok: jax.Array, new: PyTree, old: PyTree) -> PyTree:
+    """``jnp.where(ok, new, old)`` leaf-wise; ``new`` if the structures differ."""
+    if jax.tree.structure(new) != jax.tree.structure(old):
+        return new
+    return jax.tree.map(
+        lambda n, o: jnp.where(ok, n, o) if hasattr(n, "dtype") else n, new, old
+    )
+
+
+def inf_norm(tree: PyTree, dtype: Any) -> jax.Array:
+    """Return ``max_i |x_i|`` over all leaves, in ``dtype`` (0 for no elements)."""
+    norms = [jnp.max(jnp.abs(x)).astype(dtype) for x in jax.tree.leaves(tree) if x.size]
+    return jnp.max(jnp.stack(norms)) if norms else jnp.zeros((), dtype)
+
+
+def cast_like(tree: PyTree, like: PyTree) -> PyTree:
+    """Cast ``tree``'s leaves to the dtypes of ``like``'s (same structure only)."""
+    if jax.tree.structure(tree) != jax.tree.structure(like):
+        return tree
+    return jax.tree.map(
+        lambda t, o: jnp.asarray(t, o.dtype) if hasattr(o, "dtype") else t, tree, like
+    )
+
+
+def strong(tree: PyTree, float_dtype: Any) -> PyTree:
+    """Give weakly typed leaves a strong dtype: floats ``float_dtype``, ints int32.
+
+    ``optax.lbfgs().init`` returns weakly typed scalars (``jnp.asarray(1.0)``)
+    that its first update returns strongly typed: a state fed back into a
+    jitted step would compile twice, and a resumed state would not match.
+    """
+
+    def fix(x: Any) -> Any:
+        if not isinstance(x, jax.Array) or not x.weak_type:
+            return x
+        if jnp.issubdtype(x.dtype, jnp.inexact):
+            return jnp.asarray(x, float_dtype)
+        if jnp.issubdtype(x.dtype, jnp.integer):
+            return jnp.asarray(x, jnp.int32)
+        return jnp.asarray(x, x.dtype)
+
+    return jax.tree.map(fix, tree)
+
+
+def lowest_precision(params: PyTree) -> Any:
+    """The floating dtype of ``params`` with the largest machine epsilon."""
+    dtypes = {jnp.dtype(jnp.result_type(x)) for x in jax.tree.leaves(params)}
+    return max(dtypes, key=lambda d: float(jnp.finfo(d).eps))
+
+
+def is_dynamic(x: Any) -> bool:
+    """Whether ``x`` is an array (traced by jit) rather than a static value."""
+    return isinstance(x, jax.Array | jax.ShapeDtypeStruct) or (
+        hasattr(x, "__array__") and hasattr(x, "dtype")
+    )
+
+
+def partition(tree: Any) -> tuple[list, Any]:
+    """Split a pytree's leaves into arrays (traced) and the rest (static)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    dynamic = [x for x in leaves if is_dynamic(x)]
+    static = tuple(None if is_dynamic(x) else x for x in leaves)
+    mask = tuple(is_dynamic(x) for x in leaves)
+    return dynamic, (treedef, static, mask)
+
+
+def combine(dynamic: list, static: Any) -> Any:
+    """Invert :func:`partition`."""
+    treedef, consts, mask = static
+    it = iter(dynamic)
+    leaves = [next(it) if m else c for c, m in zip(consts, mask, strict=True)]
+    return jax.tree.unflatten(treedef, leaves)
+
+
+def describe(tree: PyTree, limit: int = 6) -> str:
+    """A short ``{path: dtype[shape]}`` summary of a pytree for error messages."""
+    items = [
+        (jax.tree_util.keystr(path) or "<root>")
+        + f": {getattr(leaf, 'dtype', type(leaf).__name__)}{list(jnp.shape(leaf))}"
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    ]
+    more = f", ... ({len(items)} leaves)" if len(items) > limit else ""
+    return "{" + ", ".join(items[:limit]) + more + "}"

@@ -1,0 +1,336 @@
+"""Tests of ``nnxopt.solve``, ``nnxopt.Solver`` and resumable solver state.
+
+References: scipy L-BFGS-B in float64 (computed here), closed forms, and
+nnxopt against itself in one process (exact ``==``: resume and the user-written
+loop must reproduce the one-call solve bit for bit).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import scipy.optimize
+from flax import nnx
+
+import nnxopt
+from nnxopt import Solution, Solver, SolverState, Status, solve
+from nnxopt import problems as P
+from nnxopt.linesearch import SearchStatus
+
+#: nnxopt's evaluations may exceed scipy L-BFGS-B's by at most this factor
+#: (the same bound as tests/test_minimize.py: different line searches).
+NFEV_FACTOR = 2.0
+EXT_ROSEN = P.extended_rosenbrock(n=10)
+#: Watson (n=9) takes about 60 iterations from its standard start: a solve of
+#: 40 iterations stops on maxiter, so 20 + 20 is a real resume.
+WATSON = P.watson()
+
+
+def ext_rosen(p):
+    """Extended Rosenbrock on a nested pytree: the flat vector split in pieces."""
+    x = jnp.concatenate([p["a"], p["b"]["c"], p["b"]["d"]])
+    return EXT_ROSEN.fn(x)
+
+
+def watson(p):
+    return WATSON.fn(jnp.concatenate([p["a"], p["b"]["c"], p["b"]["d"]]))
+
+
+def nested(x):
+    x = jnp.asarray(x, jnp.float64)
+    return {"a": x[:4], "b": {"c": x[4:7], "d": x[7:]}}
+
+
+def flat(p):
+    return np.concatenate([np.asarray(p["a"]), np.asarray(p["b"]["c"]), p["b"]["d"]])
+
+
+def same(a, b):
+    """Bitwise equality of two pytrees (nan equals nan)."""
+    eq = jax.tree.map(
+        lambda x, y: np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True), a, b
+    )
+    return all(jax.tree.leaves(eq)) and jax.tree.structure(a) == jax.tree.structure(b)
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """One solve of 40 iterations and one of 20 + 20 (resumed)."""
+    x0 = nested(WATSON.x0)
+    whole = solve(watson, x0, maxiter=40)
+    first = solve(watson, x0, maxiter=20)
+    second = solve(watson, first.params, maxiter=40, state=first.state)
+    return whole, first, second
+
+
+# ---------------------------------------------------------------------------
+# Against scipy, float64.
+
+
+def test_nested_pytree_reaches_scipy_minimum():
+    sol = solve(ext_rosen, nested(EXT_ROSEN.x0))
+    fn = jax.jit(jax.value_and_grad(EXT_ROSEN.fn))
+    ref = scipy.optimize.minimize(
+        lambda x: tuple(np.asarray(v, np.float64) for v in fn(jnp.asarray(x))),
+        EXT_ROSEN.x0,
+        jac=True,
+        method="L-BFGS-B",
+    )
+    assert bool(sol.success), sol.message
+    assert jax.tree.structure(sol.params) == jax.tree.structure(nested(EXT_ROSEN.x0))
+    # Both stop near the minimum x* = 1 (f* = 0): gtol = 1e-5 on the gradient
+    # bounds the distance by about gtol / lambda_min(H) ~ 1e-5 / 0.4 here.
+    np.testing.assert_allclose(flat(sol.params), EXT_ROSEN.x_star, atol=1e-4)
+    assert float(sol.fun) <= max(10 * ref.fun, 1e-10)
+    assert int(sol.nfev) <= NFEV_FACTOR * ref.nfev
+    # the loss at the returned point, up to the round-off of another compilation
+    assert float(sol.fun) == pytest.approx(float(ext_rosen(sol.params)), abs=1e-15)
+
+
+def test_linear_least_squares_closed_form_on_a_tuple():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(20, 4)), rng.normal(size=20)
+
+    def fun(p, a, b):
+        w, c = p
+        return jnp.sum((a @ w + c - b) ** 2)
+
+    sol = solve(fun, (jnp.zeros(4), jnp.zeros(())), jnp.asarray(a), jnp.asarray(b))
+    design = np.hstack([a, np.ones((20, 1))])
+    x_star = np.linalg.lstsq(design, b, rcond=None)[0]
+    # gtol = 1e-5 with a Hessian 2 A^T A (smallest eigenvalue > 1 here).
+    np.testing.assert_allclose(np.asarray(sol.params[0]), x_star[:4], atol=1e-5)
+    np.testing.assert_allclose(float(sol.params[1]), x_star[4], atol=1e-5)
+    assert int(sol.status) == Status.CONVERGED_GTOL
+
+
+# ---------------------------------------------------------------------------
+# Resume: 20 + 20 iterations equal 40, bit for bit.
+
+
+def test_resume_equals_one_call(runs):
+    whole, first, second = runs
+    assert int(first.nit) == 20 and int(first.status) == Status.MAX_ITER
+    assert int(whole.nit) == 40 and int(whole.status) == Status.MAX_ITER
+    assert same(second.params, whole.params)
+    assert same(second.state, whole.state)
+    assert (int(second.nit), int(second.nfev)) == (int(whole.nit), int(whole.nfev))
+    # The second call's history starts at the resumed point.
+    hist = second.history.trim()
+    assert len(hist.value) == 21 and hist.value[0] == float(first.state.value)
+
+
+def test_maxiter_is_a_budget_of_the_whole_solve(runs):
+    _, first, _ = runs
+    again = solve(watson, first.params, maxiter=20, state=first.state)
+    assert int(again.nit) == 20 and int(again.status) == Status.MAX_ITER
+    with pytest.raises(ValueError, match=r"nnxopt\.solve: maxiter=10 .* 20 iterations"):
+        solve(watson, first.params, maxiter=10, state=first.state)
+
+
+def test_user_loop_equals_solve(runs):
+    whole, _, _ = runs
+    solver = Solver(watson, maxiter=40)
+    step = jax.jit(solver.step)
+    state = jax.jit(solver.init)(nested(WATSON.x0))
+    while not solver.terminate(state):
+        state = step(state)
+    mine = Solution.from_state(solver, state)
+    assert same(mine.params, whole.params) and same(mine.state, whole.state)
+    # jitted steps do not retrace: the state keeps its types from init on.
+    assert step._cache_size() == 1
+
+
+def test_state_is_a_pytree_of_arrays_with_stable_types(runs):
+    _, first, _ = runs
+    leaves = jax.tree.leaves(first.state)
+    assert all(isinstance(x, jax.Array) and not x.weak_type for x in leaves)
+    assert first.state.nit.dtype == jnp.int32
+    # optax.lbfgs's init has weakly typed fields; the state has none.
+    state = Solver(watson, tx=optax.lbfgs()).init(nested(WATSON.x0))
+    assert not any(x.weak_type for x in jax.tree.leaves(state))
+
+
+# ---------------------------------------------------------------------------
+# minimize is the NNX edge of solve.
+
+
+class Vector(nnx.Module):
+    def __init__(self, x0):
+        self.x = nnx.Param(jnp.asarray(x0, jnp.float64))
+
+
+def vector_loss(model):
+    return WATSON.fn(model.x[...])
+
+
+def test_minimize_and_solve_take_the_same_iterations():
+    model = Vector(WATSON.x0)
+    result = nnxopt.minimize(vector_loss, model, maxiter=30)
+    sol = solve(WATSON.fn, jnp.asarray(WATSON.x0), maxiter=30)
+    assert (result.nit, result.nfev, result.njev) == (
+        int(sol.nit),
+        int(sol.nfev),
+        int(sol.njev),
+    )
+    assert np.array_equal(np.asarray(model.x[...]), np.asarray(sol.params))
+
+
+def test_minimize_resumes_bit_for_bit():
+    whole_model, model = Vector(WATSON.x0), Vector(WATSON.x0)
+    whole = nnxopt.minimize(vector_loss, whole_model, maxiter=40)
+    first = nnxopt.minimize(vector_loss, model, maxiter=20)
+    second = nnxopt.minimize(vector_loss, model, maxiter=40, state=first.state)
+    assert first.nit == 20 and whole.nit == 40
+    assert (second.nit, second.nfev) == (whole.nit, whole.nfev)
+    assert np.array_equal(np.asarray(model.x[...]), np.asarray(whole_model.x[...]))
+    assert same(second.state, whole.state)
+    with pytest.raises(TypeError, match=r"nnxopt\.minimize: state= comes from another"):
+        nnxopt.minimize(vector_loss, Vector(jnp.zeros(3)), state=first.state)
+
+
+# ---------------------------------------------------------------------------
+# Pure: jit, vmap, no retrace.
+
+
+def test_jit_and_vmap_of_solve():
+    def fun(x, c):
+        return jnp.sum((x - c) ** 2) + 0.1 * jnp.sum(x**4)
+
+    def run(c):
+        return solve(fun, jnp.zeros(2), c, maxiter=50)
+
+    cs = jnp.asarray([[1.0, -1.0], [2.0, 0.5], [0.0, 3.0]])
+    batched = jax.jit(jax.vmap(run))(cs)
+    assert batched.nit.shape == (3,) and batched.params.shape == (3, 2)
+    for i in range(3):
+        one = run(cs[i])
+        # Batched and single solves differ in XLA's fusion only: round-off.
+        np.testing.assert_allclose(batched.params[i], one.params, atol=1e-10)
+        assert int(batched.status[i]) == Status.CONVERGED_GTOL
+        # the closed-form stationarity condition 2 (x - c) + 0.4 x^3 = 0
+        x = np.asarray(batched.params[i])
+        assert np.max(np.abs(2 * (x - cs[i]) + 0.4 * x**3)) <= 1e-5
+
+
+def test_no_retrace_with_new_data():
+    traces = {"n": 0}
+
+    def fun(x, a, b):
+        traces["n"] += 1
+        return jnp.sum((a @ x - b) ** 2)
+
+    rng = np.random.default_rng(1)
+    data = [
+        (jnp.asarray(rng.normal(size=(6, 3))), jnp.asarray(rng.normal(size=6)))
+        for _ in range(2)
+    ]
+    solve(fun, jnp.zeros(3), *data[0], tx=optax.lbfgs())
+    first = traces["n"]
+    sol = solve(fun, jnp.zeros(3), *data[1], tx=optax.lbfgs())
+    assert first > 0 and traces["n"] == first
+    x_star = np.linalg.lstsq(np.asarray(data[1][0]), np.asarray(data[1][1]), rcond=None)
+    np.testing.assert_allclose(np.asarray(sol.params), x_star[0], atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# The protocol: a user's own transform.
+
+
+def _halving(reuse: bool) -> optax.GradientTransformationExtraArgs:
+    """A steepest descent with Armijo halving; with ``reuse`` its state follows
+    the protocol (value, grad, learning_rate, evaluation counts)."""
+
+    class State(NamedTuple):
+        value: jax.Array
+        grad: jax.Array
+        learning_rate: jax.Array
+        num_value_evals: jax.Array
+        num_grad_evals: jax.Array
+
+    class Plain(NamedTuple):
+        step: jax.Array
+
+    def init(params):
+        if not reuse:
+            return Plain(jnp.zeros((), jnp.int32))
+        z = jnp.zeros((), params.dtype)
+        return State(z, jnp.zeros_like(params), z, jnp.int32(0), jnp.int32(0))
+
+    def update(updates, state, params, *, value, grad, value_fn, **extra):
+        def body(c):
+            lr, _, n = c
+            return lr / 2, value_fn(params - lr / 2 * grad), n + 1
+
+        lr, f, n = jax.lax.while_loop(
+            lambda c: c[1] > value - 1e-4 * c[0] * jnp.sum(grad**2),
+            body,
+            (jnp.ones(()), value_fn(params - grad), jnp.int32(1)),
+        )
+        if not reuse:
+            return -lr * grad, Plain(state.step + 1)
+        f, g = jax.value_and_grad(value_fn)(params - lr * grad)
+        return -lr * grad, State(f, g, lr, n + 1, jnp.int32(1))
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_user_transform_with_and_without_the_protocol(reuse):
+    counts = {"f": 0}
+
+    def fun(x):
+        jax.debug.callback(lambda: counts.__setitem__("f", counts["f"] + 1))
+        return jnp.sum(jnp.asarray([1.0, 10.0]) * (x - 1.0) ** 2)
+
+    sol = solve(fun, jnp.zeros(2), tx=_halving(reuse), ftol=0.0, maxiter=500)
+    jax.effects_barrier()
+    assert int(sol.status) == Status.CONVERGED_GTOL
+    # gtol = 1e-5 and a Hessian diag(2, 20): |x - 1| <= 1e-5 / 2.
+    np.testing.assert_allclose(np.asarray(sol.params), [1.0, 1.0], atol=1e-5)
+    if reuse:
+        # The protocol: the stored value and gradient are reused (no evaluation
+        # by the loop) and the transform's own evaluations are counted.
+        assert int(sol.nfev) == counts["f"]
+    else:
+        # Without it: one evaluation by the loop per iteration (+1 at the
+        # start); the transform's own evaluations are not known to the loop.
+        assert int(sol.nfev) == int(sol.nit) + 1 < counts["f"]
+
+
+# ---------------------------------------------------------------------------
+# Bad input: clear errors naming the call and the argument.
+
+
+def test_bad_input_errors(runs):
+    _, first, _ = runs
+    x0 = nested(WATSON.x0)
+    with pytest.raises(TypeError, match=r"nnxopt\.solve: params is a Solution"):
+        solve(watson, first)
+    with pytest.raises(TypeError, match=r"state= comes from another problem"):
+        solve(watson, {"a": x0["a"], "b": x0["b"]["c"]}, state=first.state)
+    with pytest.raises(TypeError, match=r"state= comes from another problem"):
+        solve(watson, jax.tree.map(lambda x: x.astype(jnp.float32), x0),
+              state=first.state)  # fmt: skip
+    with pytest.raises(TypeError, match=r"pass sol\.state, not sol"):
+        solve(watson, x0, state=first)
+    with pytest.raises(TypeError, match=r"real floating-point.*\['n'\]"):
+        solve(lambda p: jnp.sum(p["x"] ** 2), {"x": jnp.ones(2), "n": jnp.int32(3)})
+    with pytest.raises(ValueError, match=r"nnxopt\.solve: gtol must be >= 0"):
+        solve(watson, x0, gtol=-1.0)
+    assert isinstance(first.state, SolverState)
+
+
+def test_search_status_has_its_own_enum_and_old_names_warn():
+    with pytest.warns(DeprecationWarning, match=r"linesearch\.SearchStatus\.SUCCESS"):
+        old = Status.SUCCESS
+    assert old is SearchStatus.SUCCESS
+    assert all(s.message for s in SearchStatus) and all(s.message for s in Status)
+    assert not Status.INTERRUPTED.success and "Ctrl-C" in Status.INTERRUPTED.message
+    # The failure codes a solve reports are the search's own.
+    assert SearchStatus.LINESEARCH_FAILED == Status.LINESEARCH_FAILED
