@@ -818,3 +818,79 @@ def test_keyword_arguments_reach_a_state_level_value_fn_like_nnx_optimizer():
         return nnx.as_pure(nnx.state(model, nnx.Param))
 
     assert_tree_close(run(nnxopt.Optimizer), run(nnx.Optimizer), RTOL64)
+
+
+# -- the rest of what flax's optimizer tests check, against nnx.Optimizer ------
+
+
+@pytest.mark.parametrize("wrt_name", list(WRT))
+def test_first_order_update_returns_updates_and_moves_only_wrt(wrt_name):
+    wrt = WRT[wrt_name]
+    models = [LoRAModel(), LoRAModel()]
+    opts = [
+        cls(m, optax.adam(1e-2), wrt=wrt)
+        for cls, m in zip((nnx.Optimizer, nnxopt.Optimizer), models)
+    ]
+    frozen = nnx.clone(nnx.state(models[1], nnx.Not(wrt)))
+    grad_fn = nnx.grad(lora_loss, argnums=nnx.DiffState(0, wrt))
+    for _ in range(2):
+        returned = [o.update(m, grad_fn(m)) for m, o in zip(models, opts)]
+        assert_tree_close(returned[1], returned[0], RTOL64)
+        assert_tree_close(nnx.state(models[1]), nnx.state(models[0]), RTOL64)
+    assert jax.tree.structure(returned[1]) == jax.tree.structure(
+        nnx.as_pure(nnx.state(models[1], wrt))
+    )
+    for a, b in zip(
+        jax.tree.leaves(frozen), jax.tree.leaves(nnx.state(models[1], nnx.Not(wrt)))
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_split_merge_and_sharding_like_nnx_optimizer():
+    mesh = jax.make_mesh(
+        (1, 1), ("a", "b"), axis_types=(jax.sharding.AxisType.Auto,) * 2
+    )
+    specs = []
+    for cls in (nnx.Optimizer, nnxopt.Optimizer):
+        with jax.set_mesh(mesh):
+            model = nnx.Linear(
+                2,
+                3,
+                use_bias=False,
+                rngs=nnx.Rngs(0),
+                kernel_init=nnx.with_partitioning(
+                    nnx.initializers.lecun_normal(), sharding=("a", "b")
+                ),
+            )
+            opt = cls(model, optax.adamw(0.1), wrt=nnx.Param)
+        mu = nnx.state(opt)["opt_state"][0]["mu"]["kernel"]
+        spec = nnx.get_partition_spec(nnx.state(opt))["opt_state"][0]["mu"]["kernel"]
+        specs.append((mu.out_sharding, spec.get_value()))
+        graphdef, state = nnx.split(opt)
+        again = nnx.merge(graphdef, state)
+        assert type(again) is cls
+        assert_tree_close(nnx.state(again), nnx.state(opt), 0.0)
+    assert specs[1] == specs[0] == (("a", "b"), jax.sharding.PartitionSpec("a", "b"))
+
+
+def test_subclass_of_model_and_optimizer_with_extra_state():
+    def make(base):
+        class TrainState(base):
+            def __init__(self, model, tx, metrics):
+                self.metrics = metrics
+                super().__init__(model, tx)
+
+            def update(self, *, grads, **values):  # type: ignore[override]
+                self.metrics.update(**values)
+                return super().update(grads)
+
+        return TrainState(MLP(), optax.adam(1e-2), nnx.metrics.Average())
+
+    states = [make(nnx.ModelAndOptimizer), make(nnxopt.ModelAndOptimizer)]
+    for _ in range(2):
+        for s in states:
+            s.update(grads=nnx.grad(mse)(s.model), values=mse(s.model))
+    np.testing.assert_allclose(
+        float(states[1].metrics.compute()), float(states[0].metrics.compute()), RTOL64
+    )
+    assert_tree_close(nnx.state(states[1].model), nnx.state(states[0].model), RTOL64)
