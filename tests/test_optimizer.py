@@ -894,3 +894,39 @@ def test_subclass_of_model_and_optimizer_with_extra_state():
         float(states[1].metrics.compute()), float(states[0].metrics.compute()), RTOL64
     )
     assert_tree_close(nnx.state(states[1].model), nnx.state(states[0].model), RTOL64)
+
+
+def scale_by_objective(learning_rate):
+    """A minimal transform that reads ``obj_fn`` as optax.contrib.sophia does
+    (sophia itself costs seconds to compile): step = -lr * f(params) * grad."""
+
+    def init(params):
+        return optax.EmptyState()
+
+    def update(updates, state, params, *, obj_fn, **extra):
+        scale = -learning_rate * obj_fn(params)
+        return jax.tree.map(lambda g: scale * g, updates), state
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def test_obj_fn_of_either_form_matches_nnx_optimizer():
+    def run(cls, obj_fn):
+        model = MLP()
+        opt = cls(model, scale_by_objective(0.5), wrt=nnx.Param)
+        for _ in range(2):
+            opt.update(model, nnx.grad(mse)(model), obj_fn=obj_fn)
+        return nnx.as_pure(nnx.state(model, nnx.Param))
+
+    graphdef = nnx.graphdef(MLP())
+
+    def state_level(state):
+        return mse(nnx.merge(graphdef, state))
+
+    expected = run(nnx.Optimizer, state_level)
+    assert_tree_close(run(nnxopt.Optimizer, state_level), expected, RTOL64)
+    assert_tree_close(run(nnxopt.Optimizer, mse), expected, RTOL64)  # model form
+    assert not np.allclose(  # the objective's value moved the parameters
+        np.asarray(jax.tree.leaves(expected)[0]),
+        np.asarray(jax.tree.leaves(raw_params(MLP()))[0]),
+    )
