@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 import jax
@@ -520,3 +521,414 @@ def test_error_messages_name_the_call():
     loss, grads = nnx.value_and_grad(mse)(model)
     with pytest.raises(TypeError, match=re.escape("ModelAndOptimizer.update")):
         opt.update(grads, value=loss)
+
+
+# -- drop-in: flax's state-level value_fn, step for step with nnx.Optimizer ---
+#
+# nnx.Optimizer passes optax's extra arguments through, so flax code writes
+# value_fn as a function of the wrt-filtered nnx.State. The same user code must
+# give nnxopt.Optimizer the same parameters as nnx.Optimizer, in every jit mode.
+
+WRT = {
+    "Param": nnx.Param,
+    "Param+LoRAParam": (nnx.Param, nnx.LoRAParam),
+    "LoRAParam": nnx.LoRAParam,
+}
+
+
+def flax_style_step(model, opt, wrt, held):
+    """One line-search step written for nnx.Optimizer: value_fn takes the state."""
+    graphdef, _, other = nnx.split(model, wrt, ...)
+
+    def value_fn(state):
+        return lora_loss(nnx.merge(graphdef, state, other))
+
+    value, grads = nnx.value_and_grad(lora_loss, argnums=nnx.DiffState(0, wrt))(model)
+    if held:
+        return opt.update(grads, value=value, grad=grads, value_fn=value_fn)
+    return opt.update(model, grads, value=value, grad=grads, value_fn=value_fn)
+
+
+def flax_functional_step(model, opt, wrt, held):
+    """The functional form: params and non-differentiable state kept apart."""
+    graphdef, params, nondiff = nnx.split(model, wrt, ..., graph=True)
+
+    def loss_of(params, nondiff):
+        return lora_loss(nnx.merge(graphdef, params, nondiff))
+
+    value, grads = jax.value_and_grad(loss_of)(params, nondiff)
+    return opt.update(
+        model, grads, value=value, grad=grads, value_fn=lambda p: loss_of(p, nondiff)
+    )
+
+
+def jitted(wrapper, step, model, opt):
+    """``step(model, opt)`` without jit, under nnx.jit or under jax.jit over
+    nnx.split/nnx.merge; built once, so each mode compiles once."""
+    if wrapper == "none":
+        return lambda: step(model, opt)
+    if wrapper == "nnx.jit":
+        fast = nnx.jit(step)
+        return lambda: fast(model, opt)
+    graphdef, _ = nnx.split((model, opt))
+
+    @jax.jit
+    def pure(state):
+        m, o = nnx.merge(graphdef, state)
+        step(m, o)
+        return nnx.state((m, o))
+
+    return lambda: nnx.update((model, opt), pure(nnx.state((model, opt))))
+
+
+def line_search_sgd():
+    # Gradient steps scaled by optax's backtracking line search: value_fn is
+    # called as L-BFGS's search calls it, at a fraction of L-BFGS's compile time
+    # (this matrix runs on 2 cores). optax.lbfgs itself is compared with
+    # nnx.Optimizer in test_lbfgs_spends_no_more_evaluations_than_nnx_optimizer.
+    return optax.chain(optax.sgd(1.0), optax.scale_by_backtracking_linesearch(15))
+
+
+STEP_FORMS = {  # name: (wrt, the user's step function)
+    "Param": ("Param", flax_style_step),
+    "Param+LoRAParam": ("Param+LoRAParam", flax_style_step),
+    "functional LoRAParam": ("LoRAParam", flax_functional_step),
+}
+
+
+@functools.cache
+def nnx_optimizer_reference(form, steps=3):
+    """nnx.Optimizer's parameters after each step, under nnx.jit (computed once)."""
+    wrt_name, user_step = STEP_FORMS[form]
+    wrt = WRT[wrt_name]
+    model = LoRAModel()
+    opt = nnx.Optimizer(model, line_search_sgd(), wrt=wrt)
+    step = jitted("nnx.jit", lambda m, o: user_step(m, o, wrt, False), model, opt)
+    trajectory = []
+    for _ in range(steps):
+        step()
+        trajectory.append(jax.tree.map(np.asarray, nnx.as_pure(nnx.state(model, wrt))))
+    return trajectory
+
+
+@pytest.mark.parametrize(
+    ("form", "wrapper", "held"),
+    [
+        (form, wrapper, False)
+        for form in STEP_FORMS
+        for wrapper in ("none", "nnx.jit", "jax.jit")
+    ]
+    + [("Param", "jax.jit", True)],  # ModelAndOptimizer, as flax's own test uses it
+)
+def test_state_level_value_fn_matches_nnx_optimizer(form, wrapper, held):
+    wrt_name, user_step = STEP_FORMS[form]
+    wrt = WRT[wrt_name]
+    model = LoRAModel()
+    cls = nnxopt.ModelAndOptimizer if held else nnxopt.Optimizer
+    opt = cls(model, line_search_sgd(), wrt=wrt)
+    frozen = jax.tree.map(np.asarray, nnx.as_pure(nnx.state(model, nnx.Not(wrt))))
+    step = jitted(wrapper, lambda m, o: user_step(m, o, wrt, held), model, opt)
+    for expected in nnx_optimizer_reference(form):
+        step()
+        # the same arithmetic as nnx.Optimizer: agreement to float64 round-off
+        assert_tree_close(nnx.as_pure(nnx.state(model, wrt)), expected, RTOL64)
+    assert int(opt.step[...]) == 3
+    assert float(lora_loss(model)) < 0.5 * float(lora_loss(LoRAModel()))  # it moved
+    for a, b in zip(  # only the wrt Variables moved
+        jax.tree.leaves(frozen),
+        jax.tree.leaves(nnx.state(model, nnx.Not(wrt))),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, np.asarray(b))
+
+
+@pytest.mark.parametrize("wrapper", ["none", "nnx.jit"])
+def test_minimize_step_takes_a_stated_state_level_loss(wrapper):
+    model = LoRAModel()
+    graphdef, _, other = nnx.split(model, nnx.Param, ...)
+
+    def state_loss(state):
+        return lora_loss(nnx.merge(graphdef, state, other))
+
+    opt = nnxopt.Optimizer(model, line_search_sgd(), wrt=nnx.Param)
+    step = jitted(
+        wrapper,
+        lambda m, o: o.minimize_step(m, nnxopt.state_fn(state_loss)),
+        model,
+        opt,
+    )
+    for expected in nnx_optimizer_reference("Param"):
+        step()
+        assert_tree_close(nnx.as_pure(nnx.state(model, nnx.Param)), expected, RTOL64)
+
+
+def test_lbfgs_spends_no_more_evaluations_than_nnx_optimizer():
+    """Counting objective: update() with flax's state-level value_fn costs what
+    nnx.Optimizer costs; minimize_step reuses the line search's evaluations."""
+    steps = 3
+    counts, finals = {}, {}
+    for name in ("nnx.Optimizer", "update", "minimize_step"):
+        counter = Counter()
+
+        def counted(m, counter=counter):
+            return counter.tick(lora_loss(m))
+
+        def flax_step(model, opt, counted=counted):
+            graphdef, _, other = nnx.split(model, nnx.Param, ...)
+            value, grads = nnx.value_and_grad(counted)(model)
+            opt.update(
+                model,
+                grads,
+                value=value,
+                grad=grads,
+                value_fn=lambda s: counted(nnx.merge(graphdef, s, other)),
+            )
+
+        model = LoRAModel()
+        cls = nnx.Optimizer if name == "nnx.Optimizer" else nnxopt.Optimizer
+        opt = cls(model, optax.lbfgs(), wrt=nnx.Param)
+        if name == "minimize_step":
+            step = nnx.jit(lambda m, o, counted=counted: o.minimize_step(m, counted))
+        else:
+            step = nnx.jit(flax_step)
+        for _ in range(steps):
+            step(model, opt)
+        counts[name] = counter.read()
+        finals[name] = nnx.as_pure(nnx.state(model, nnx.Param))
+    assert counts["update"] == counts["nnx.Optimizer"]
+    assert counts["minimize_step"] <= counts["nnx.Optimizer"] - (steps - 1)
+    # the same iterates all three ways (the evaluations saved are repeats)
+    assert_tree_close(finals["update"], finals["nnx.Optimizer"], RTOL64)
+    assert_tree_close(finals["minimize_step"], finals["nnx.Optimizer"], RTOL64)
+
+
+def square_of_sum(tree):
+    """Traces on a model and on a state alike, with different meanings: the
+    model's leaves include its frozen base weights and BatchStat."""
+    return sum(jnp.sum(x) for x in jax.tree.leaves(tree)) ** 2
+
+
+def test_a_function_of_either_form_is_called_as_nnx_optimizer_calls_it():
+    wrt = nnx.LoRAParam
+
+    def tx():
+        return optax.chain(optax.sgd(0.1), optax.scale_by_backtracking_linesearch(8))
+
+    def run(cls, value_fn, on_model):
+        model = LoRAModel()
+        opt = cls(model, tx(), wrt=wrt)
+        for _ in range(2):
+            if on_model:
+                f = square_of_sum
+                value, grads = nnx.value_and_grad(f, argnums=nnx.DiffState(0, wrt))(
+                    model
+                )
+            else:
+                state = nnx.state(model, wrt)  # Variables: nnx.Optimizer filters grads
+                value, grads = jax.value_and_grad(square_of_sum)(state)
+            opt.update(model, grads, value=value, grad=grads, value_fn=value_fn)
+        return nnx.as_pure(nnx.state(model, wrt))
+
+    graphdef, _, other = nnx.split(LoRAModel(), wrt, ...)
+
+    def as_model(state):  # the model form's meaning, written for nnx.Optimizer
+        return square_of_sum(nnx.merge(graphdef, state, other))
+
+    upstream = run(nnx.Optimizer, square_of_sum, on_model=False)
+    upstream_model_meaning = run(nnx.Optimizer, as_model, on_model=True)
+    # the rule: whatever traces with the state is called with the state
+    assert_tree_close(run(nnxopt.Optimizer, square_of_sum, False), upstream, RTOL64)
+    assert_tree_close(
+        run(nnxopt.Optimizer, nnxopt.state_fn(square_of_sum), False), upstream, RTOL64
+    )
+    # stated explicitly, the model form is used instead
+    assert_tree_close(
+        run(nnxopt.Optimizer, nnxopt.model_fn(square_of_sum), True),
+        upstream_model_meaning,
+        RTOL64,
+    )
+    # (the two meanings really differ, or this test could not fail)
+    a, b = jax.tree.leaves(upstream)[0], jax.tree.leaves(upstream_model_meaning)[0]
+    assert not np.allclose(np.asarray(a), np.asarray(b), rtol=1e-3)
+
+
+@pytest.mark.parametrize("form", ["state", "model", "state_fn", "model_fn"])
+def test_an_error_in_value_fn_reaches_the_user_with_a_note(form):
+    model = MLP()
+    graphdef = nnx.graphdef(model)
+    opt = nnxopt.Optimizer(model, optax.lbfgs(), wrt=nnx.Param)
+    loss, grads = nnx.value_and_grad(mse)(model)
+
+    def buggy_model_fn(m):  # the user's own bug: a target of the wrong length
+        return jnp.mean((m(X64) - Y64[:3]) ** 2)
+
+    def buggy_state_fn(state):
+        return buggy_model_fn(nnx.merge(graphdef, state))
+
+    value_fn = {
+        "state": buggy_state_fn,
+        "model": buggy_model_fn,
+        "state_fn": nnxopt.state_fn(buggy_state_fn),
+        "model_fn": nnxopt.model_fn(buggy_model_fn),
+    }[form]
+    with pytest.raises(Exception) as info:
+        opt.update(model, grads, value=loss, value_fn=value_fn)
+    note = "\n".join(getattr(info.value, "__notes__", []))
+    if form.endswith("_fn"):  # stated: only the user's own error, and why
+        assert "incompatible shapes" in str(info.value)
+        assert f"it is wrapped in nnxopt.{form}" in note
+    else:  # neither form traces: flax's form's error, the other chained
+        assert "could not call value_fn in either form" in note
+        assert "nnxopt.model_fn(f)" in note and "nnxopt.state_fn(f)" in note
+        own = info.value if form == "state" else info.value.__cause__
+        assert "incompatible shapes" in str(own)
+        assert "incompatible shapes" in str(info.value) + note
+    assert int(opt.step[...]) == 0
+
+
+def test_value_fn_and_form_wrappers_must_be_callable():
+    model = MLP()
+    opt = nnxopt.Optimizer(model, optax.lbfgs(), wrt=nnx.Param)
+    loss, grads = nnx.value_and_grad(mse)(model)
+    with pytest.raises(TypeError, match=r"Optimizer\.update: value_fn must be.*3\.0"):
+        opt.update(model, grads, value=loss, value_fn=3.0)
+    with pytest.raises(TypeError, match=r"nnxopt\.state_fn: fn must be callable.*None"):
+        nnxopt.state_fn(None)
+    assert repr(nnxopt.model_fn(mse)).startswith("nnxopt.model_fn(<function mse")
+
+
+def test_keyword_arguments_reach_a_state_level_value_fn_like_nnx_optimizer():
+    # optax routes update()'s extra keywords to value_fn by its signature
+    def run(cls):
+        model = MLP()
+        graphdef = nnx.graphdef(model)
+        opt = cls(model, line_search_sgd(), wrt=nnx.Param)
+
+        def value_fn(state, target):
+            return mse(nnx.merge(graphdef, state), X64, target)
+
+        for _ in range(2):
+            loss, grads = nnx.value_and_grad(mse)(model, X64, 2.0 * Y64)
+            opt.update(
+                model,
+                grads,
+                value=loss,
+                grad=grads,
+                value_fn=value_fn,
+                target=2.0 * Y64,
+            )
+        return nnx.as_pure(nnx.state(model, nnx.Param))
+
+    assert_tree_close(run(nnxopt.Optimizer), run(nnx.Optimizer), RTOL64)
+
+
+# -- the rest of what flax's optimizer tests check, against nnx.Optimizer ------
+
+
+@pytest.mark.parametrize("wrt_name", list(WRT))
+def test_first_order_update_returns_updates_and_moves_only_wrt(wrt_name):
+    wrt = WRT[wrt_name]
+    models = [LoRAModel(), LoRAModel()]
+    opts = [
+        cls(m, optax.adam(1e-2), wrt=wrt)
+        for cls, m in zip((nnx.Optimizer, nnxopt.Optimizer), models)
+    ]
+    frozen = nnx.clone(nnx.state(models[1], nnx.Not(wrt)))
+    grad_fn = nnx.grad(lora_loss, argnums=nnx.DiffState(0, wrt))
+    for _ in range(2):
+        returned = [o.update(m, grad_fn(m)) for m, o in zip(models, opts)]
+        assert_tree_close(returned[1], returned[0], RTOL64)
+        assert_tree_close(nnx.state(models[1]), nnx.state(models[0]), RTOL64)
+    assert jax.tree.structure(returned[1]) == jax.tree.structure(
+        nnx.as_pure(nnx.state(models[1], wrt))
+    )
+    for a, b in zip(
+        jax.tree.leaves(frozen), jax.tree.leaves(nnx.state(models[1], nnx.Not(wrt)))
+    ):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_split_merge_and_sharding_like_nnx_optimizer():
+    mesh = jax.make_mesh(
+        (1, 1), ("a", "b"), axis_types=(jax.sharding.AxisType.Auto,) * 2
+    )
+    specs = []
+    for cls in (nnx.Optimizer, nnxopt.Optimizer):
+        with jax.set_mesh(mesh):
+            model = nnx.Linear(
+                2,
+                3,
+                use_bias=False,
+                rngs=nnx.Rngs(0),
+                kernel_init=nnx.with_partitioning(
+                    nnx.initializers.lecun_normal(), sharding=("a", "b")
+                ),
+            )
+            opt = cls(model, optax.adamw(0.1), wrt=nnx.Param)
+        mu = nnx.state(opt)["opt_state"][0]["mu"]["kernel"]
+        spec = nnx.get_partition_spec(nnx.state(opt))["opt_state"][0]["mu"]["kernel"]
+        specs.append((mu.out_sharding, spec.get_value()))
+        graphdef, state = nnx.split(opt)
+        again = nnx.merge(graphdef, state)
+        assert type(again) is cls
+        assert_tree_close(nnx.state(again), nnx.state(opt), 0.0)
+    assert specs[1] == specs[0] == (("a", "b"), jax.sharding.PartitionSpec("a", "b"))
+
+
+def test_subclass_of_model_and_optimizer_with_extra_state():
+    def make(base):
+        class TrainState(base):
+            def __init__(self, model, tx, metrics):
+                self.metrics = metrics
+                super().__init__(model, tx)
+
+            def update(self, *, grads, **values):  # type: ignore[override]
+                self.metrics.update(**values)
+                return super().update(grads)
+
+        return TrainState(MLP(), optax.adam(1e-2), nnx.metrics.Average())
+
+    states = [make(nnx.ModelAndOptimizer), make(nnxopt.ModelAndOptimizer)]
+    for _ in range(2):
+        for s in states:
+            s.update(grads=nnx.grad(mse)(s.model), values=mse(s.model))
+    np.testing.assert_allclose(
+        float(states[1].metrics.compute()), float(states[0].metrics.compute()), RTOL64
+    )
+    assert_tree_close(nnx.state(states[1].model), nnx.state(states[0].model), RTOL64)
+
+
+def scale_by_objective(learning_rate):
+    """A minimal transform that reads ``obj_fn`` as optax.contrib.sophia does
+    (sophia itself costs seconds to compile): step = -lr * f(params) * grad."""
+
+    def init(params):
+        return optax.EmptyState()
+
+    def update(updates, state, params, *, obj_fn, **extra):
+        scale = -learning_rate * obj_fn(params)
+        return jax.tree.map(lambda g: scale * g, updates), state
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def test_obj_fn_of_either_form_matches_nnx_optimizer():
+    def run(cls, obj_fn):
+        model = MLP()
+        opt = cls(model, scale_by_objective(0.5), wrt=nnx.Param)
+        for _ in range(2):
+            opt.update(model, nnx.grad(mse)(model), obj_fn=obj_fn)
+        return nnx.as_pure(nnx.state(model, nnx.Param))
+
+    graphdef = nnx.graphdef(MLP())
+
+    def state_level(state):
+        return mse(nnx.merge(graphdef, state))
+
+    expected = run(nnx.Optimizer, state_level)
+    assert_tree_close(run(nnxopt.Optimizer, state_level), expected, RTOL64)
+    assert_tree_close(run(nnxopt.Optimizer, mse), expected, RTOL64)  # model form
+    assert not np.allclose(  # the objective's value moved the parameters
+        np.asarray(jax.tree.leaves(expected)[0]),
+        np.asarray(jax.tree.leaves(raw_params(MLP()))[0]),
+    )

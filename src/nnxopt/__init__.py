@@ -11,6 +11,8 @@ from ._minimize import MinimizeInfo as MinimizeInfo
 from ._minimize import MinimizeResult as MinimizeResult
 from ._minimize import default_tols as default_tols
 from ._minimize import minimize as minimize
+from ._objective import model_fn as model_fn
+from ._objective import state_fn as state_fn
 from ._optimizer import ModelAndOptimizer as ModelAndOptimizer
 from ._optimizer import Optimizer as Optimizer
 from ._solve import Solution as Solution

@@ -15,7 +15,9 @@ and the caller decides what to commit (exactly once per iteration).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import functools
+import weakref
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import jax
@@ -33,7 +35,8 @@ class Objective:
         graphdef: the static structure of the model.
         wrt: the NNX filter of the trainable Variables.
         loss_fn: ``loss_fn(model, *args, **kwargs)``: a scalar, or ``(scalar, aux)``
-            when ``has_aux``.
+            when ``has_aux``; or, wrapped by :func:`state_fn`,
+            ``loss_fn(state, *args, **kwargs)`` of the ``wrt`` state.
         has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
         graph: NNX graph mode (``True``), tree mode (``False``) or the context's
             default (``None``).
@@ -55,6 +58,11 @@ class Objective:
         self, params: PyTree, rest: PyTree, args: tuple = (), kwargs: dict | None = None
     ) -> tuple[jax.Array, tuple[Any, PyTree]]:
         """Return ``(loss, (aux, new_rest))`` at ``params`` without touching ``rest``."""
+        if isinstance(self.loss_fn, StatedForm) and self.loss_fn.form == "state":
+            # flax's form: a function of the wrt state; it cannot write `rest`
+            out = self.loss_fn.fn(params, *args, **(kwargs or {}))
+            loss, aux = self._unpack(out)
+            return loss, (aux, rest)
         model = self.merge(params, rest)
         out = self.loss_fn(model, *args, **(kwargs or {}))
         loss, aux = self._unpack(out)
@@ -186,3 +194,273 @@ def _describe(x: Any) -> str:
     if isinstance(x, jax.Array | jax.ShapeDtypeStruct) or hasattr(x, "shape"):
         return f"an array of shape {tuple(x.shape)} and dtype {x.dtype}"
     return f"{type(x).__name__} {x!r}"[:200]
+
+
+# ---------------------------------------------------------------------------
+# The two forms of update()'s value_fn / obj_fn.
+#
+# nnx.Optimizer hands optax's extra arguments through untouched, so flax code
+# writes `value_fn(state)`, a function of the wrt-filtered nnx.State that optax
+# passes. nnxopt documents `value_fn(model)`. Both are accepted; the rule that
+# tells them apart is `resolve_form` below.
+
+_FORM_WORDS = {
+    "model": "a function of the model (nnxopt's form)",
+    "state": "a function of the wrt-filtered nnx.State (nnx.Optimizer's form)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class StatedForm:
+    """A loss function whose argument form the user stated (see `state_fn`)."""
+
+    fn: Callable[..., Any]
+    form: str
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    @property
+    def __wrapped__(self) -> Callable[..., Any]:  # inspect.signature sees fn's
+        return self.fn
+
+    def __repr__(self) -> str:
+        return f"nnxopt.{self.form}_fn({self.fn!r})"
+
+
+def state_fn(fn: Callable[..., Any]) -> StatedForm:
+    """Mark ``fn`` as a function of the ``wrt``-filtered state (flax's form).
+
+    ``Optimizer.update`` tells the two forms of ``value_fn`` and ``obj_fn`` apart
+    by itself (see :meth:`nnxopt.Optimizer.update`); wrapping states the form and
+    skips that rule. ``fn(state, **kwargs)`` receives the trial parameters as the
+    ``nnx.State`` of raw arrays that ``nnx.Optimizer`` passes to optax, so
+    ``nnx.merge(graphdef, state, ...)`` rebuilds the model. The wrapper is itself
+    callable and calls ``fn``, so it can be used wherever ``fn`` was.
+
+    Args:
+        fn: ``fn(state, **kwargs) -> loss``.
+
+    Returns:
+        ``fn`` marked as state-level, for ``value_fn=`` or ``obj_fn=``.
+
+    Raises:
+        TypeError: if ``fn`` is not callable.
+
+    Example:
+        >>> import jax.numpy as jnp, optax
+        >>> from flax import nnx
+        >>> import nnxopt
+        >>> model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+        >>> graphdef = nnx.graphdef(model)
+        >>> x, y = jnp.ones((4, 2)), jnp.ones((4, 1))
+        >>> def loss_fn(model):
+        ...     return jnp.mean((model(x) - y) ** 2)
+        >>> def value_fn(state):  # flax's form: a function of the state
+        ...     return loss_fn(nnx.merge(graphdef, state))
+        >>> opt = nnxopt.Optimizer(model, optax.lbfgs(), wrt=nnx.Param)
+        >>> loss, grads = nnx.value_and_grad(loss_fn)(model)
+        >>> _ = opt.update(model, grads, value=loss,
+        ...                value_fn=nnxopt.state_fn(value_fn))
+        >>> bool(loss_fn(model) < loss)
+        True
+    """
+    return _stated(fn, "state")
+
+
+def model_fn(fn: Callable[..., Any]) -> StatedForm:
+    """Mark ``fn`` as a function of the model (nnxopt's form).
+
+    The counterpart of :func:`state_fn`: ``fn(model, **kwargs)`` receives a copy
+    of the model holding the trial parameters and a snapshot of its other state.
+
+    Args:
+        fn: ``fn(model, **kwargs) -> loss``.
+
+    Returns:
+        ``fn`` marked as model-level, for ``value_fn=`` or ``obj_fn=``.
+
+    Raises:
+        TypeError: if ``fn`` is not callable.
+
+    Example:
+        A function whose argument would pass for either form, stated; the wrapper
+        still calls it like the function itself:
+
+        >>> import jax, jax.numpy as jnp
+        >>> from flax import nnx
+        >>> import nnxopt
+        >>> def norm2(tree):
+        ...     return sum(jnp.sum(v**2) for v in jax.tree.leaves(tree))
+        >>> value_fn = nnxopt.model_fn(norm2)  # update(..., value_fn=value_fn)
+        >>> value_fn
+        nnxopt.model_fn(<function norm2 at ...>)
+        >>> model = nnx.Linear(1, 2, kernel_init=nnx.initializers.ones,
+        ...                    rngs=nnx.Rngs(0))
+        >>> float(value_fn(model))  # kernel ones, bias zeros
+        2.0
+    """
+    return _stated(fn, "model")
+
+
+def _stated(fn: Callable[..., Any], form: str) -> StatedForm:
+    if isinstance(fn, StatedForm):
+        fn = fn.fn  # the outer statement wins
+    if not callable(fn):
+        raise TypeError(
+            f"nnxopt.{form}_fn: fn must be callable, `fn({form}) -> loss`; got {fn!r}."
+        )
+    return StatedForm(fn, form)
+
+
+# Decisions of the automatic rule, per function and argument structure, so an
+# un-jitted training loop decides once rather than at every update() call.
+_DECIDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def params_fn(
+    fn: Any,
+    merge: Callable[[PyTree], Any],
+    key: Hashable,
+    name: str,
+    call: str,
+) -> Callable[..., Any]:
+    """Turn ``update()``'s ``value_fn``/``obj_fn`` into the function optax calls.
+
+    The result takes the trial parameters (the pure ``wrt`` state) and keyword
+    arguments optax forwards, and calls ``fn`` in its form. The form is the one
+    stated with :func:`state_fn`/:func:`model_fn`, else decided by
+    :func:`resolve_form` the first time optax calls it (at trace time). An error
+    raised by ``fn`` itself reaches the user unchanged, with a note naming the
+    form used and how to state it.
+
+    Args:
+        fn: the user's function, possibly wrapped by ``state_fn``/``model_fn``.
+        merge: builds the model from the parameters (and the other state).
+        key: hashable description of the argument structure, for the cache.
+        name: ``"value_fn"`` or ``"obj_fn"``, for messages.
+        call: the public call, for messages.
+
+    Raises:
+        TypeError: if ``fn`` is not callable.
+    """
+    if isinstance(fn, StatedForm):
+        user, stated = fn.fn, (fn.form, f"it is wrapped in nnxopt.{fn.form}_fn")
+    elif callable(fn):
+        user, stated = fn, None
+    else:
+        raise TypeError(
+            f"{call}: {name} must be callable: `{name}(state) -> loss`, a function "
+            "of the wrt-filtered nnx.State (as for nnx.Optimizer), or "
+            f"`{name}(model) -> loss`; got {fn!r}."
+        )
+    callers = {
+        "state": lambda p, *a, **k: user(p, *a, **k),
+        "model": lambda p, *a, **k: user(merge(p), *a, **k),
+    }
+    decision: list[tuple[str, str] | None] = [stated]
+
+    @functools.wraps(user)  # optax routes keyword arguments by fn's signature
+    def level(params: PyTree, *args: Any, **kwargs: Any) -> Any:
+        decided = decision[0]
+        if decided is None:
+            cache_key = (key, tree_avals((args, kwargs)))
+            decided = decision[0] = resolve_form(
+                user, callers, (params, args, kwargs), cache_key, name, call
+            )
+        form, why = decided
+        try:
+            return callers[form](params, *args, **kwargs)
+        except Exception as err:
+            err.add_note(
+                f"nnxopt: {call} called {name} as {_FORM_WORDS[form]}, because "
+                f"{why}. To state the form yourself, pass "
+                f"{name}=nnxopt.model_fn(f) or {name}=nnxopt.state_fn(f)."
+            )
+            raise
+
+    return level
+
+
+def resolve_form(
+    fn: Callable[..., Any],
+    callers: dict[str, Callable[..., Any]],
+    inputs: tuple[PyTree, tuple, dict],
+    key: Hashable,
+    name: str,
+    call: str,
+) -> tuple[str, str]:
+    """Decide whether ``fn`` takes the state or the model: the automatic rule.
+
+    1. Call ``fn`` with the ``wrt``-filtered ``nnx.State`` (what ``nnx.Optimizer``
+       passes). If that traces, ``fn`` is state-level: code that works with
+       ``nnx.Optimizer`` is called exactly as ``nnx.Optimizer`` calls it.
+    2. Otherwise call it with the model. If that traces, ``fn`` is model-level.
+    3. If neither traces, raise the error of step 1 (what ``nnx.Optimizer``
+       would raise), chained to the error of step 2, with a note on both.
+
+    "Traces" means ``jax.eval_shape`` succeeds on abstract values of the
+    parameters' shapes and dtypes: nothing is computed and no host callback runs.
+    Tracing depends only on those shapes and dtypes, which are exactly what the
+    real call receives, so the trial predicts the real call. Python side effects
+    in ``fn`` happen once more per trial, as with any ``jax.jit``. The decision is
+    cached per function and argument structure.
+
+    Returns:
+        ``(form, why)``: ``"state"`` or ``"model"``, and the reason in words.
+    """
+    params, args, kwargs = inputs
+    try:
+        cache = _DECIDED.setdefault(fn, {})
+    except TypeError:  # not weakly referenceable (a builtin): no caching
+        cache = {}
+    try:
+        return cache[key]
+    except (KeyError, TypeError):
+        pass
+    errors: dict[str, Exception] = {}
+    for form in ("state", "model"):
+        try:
+            jax.eval_shape(lambda p, f=form: callers[f](p, *args, **kwargs), params)
+        except Exception as err:
+            errors[form] = err
+            continue
+        if form == "state":
+            why = (
+                "calling it with the wrt-filtered nnx.State, as nnx.Optimizer does, "
+                "traces without error (the state is tried first)"
+            )
+        else:
+            why = (
+                "calling it with the wrt-filtered nnx.State raised "
+                f"{_one_line(errors['state'])}, and calling it with the model traces"
+            )
+        try:
+            cache[key] = (form, why)
+        except TypeError:  # unhashable key: no caching
+            pass
+        return form, why
+    state_error, model_error = errors["state"], errors["model"]
+    state_error.add_note(
+        f"nnxopt: {call} could not call {name} in either form. Called with the "
+        "wrt-filtered nnx.State (nnx.Optimizer's form, tried first) it raised the "
+        "error above; called with the model (nnxopt's form) it raised "
+        f"{_one_line(model_error)} (its traceback is shown first). If {name} "
+        f"takes the model, pass {name}=nnxopt.model_fn(f) to see only its error; "
+        f"if it takes the state, {name}=nnxopt.state_fn(f)."
+    )
+    raise state_error from model_error
+
+
+def _one_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:160] if text else ''}"
+
+
+def tree_avals(tree: Any) -> Hashable:
+    """A hashable summary of a pytree: its structure, leaf shapes and dtypes."""
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple(
+        (jnp.shape(x), str(jnp.result_type(x))) if hasattr(x, "dtype") else x
+        for x in leaves
+    )

@@ -13,7 +13,7 @@ import optax
 from flax import nnx
 
 from ._cache import compiled, transform_key
-from ._objective import Objective, PyTree, split_model
+from ._objective import Objective, PyTree, params_fn, split_model, tree_avals
 from ._protocol import Capabilities, extra_args
 from ._tree import all_finite as _all_finite
 from ._tree import combine as _combine
@@ -30,13 +30,15 @@ class Optimizer(nnx.Optimizer[M]):
     """An ``nnx.Optimizer`` that also runs L-BFGS, line searches and every optax
     transform that needs extra arguments.
 
-    A drop-in superset of :class:`flax.nnx.Optimizer`: ``update(model, grads)``
-    behaves exactly the same for first-order transforms. Two things are added:
+    A drop-in superset of :class:`flax.nnx.Optimizer`: code written for
+    ``nnx.Optimizer``, including flax's ``value_fn(state)`` for line searches,
+    gives the same parameters step for step. Two things are added:
 
-    - ``update(model, grads, value=..., value_fn=...)``: ``value_fn`` (and
-      ``obj_fn``) take the **model**, as with ``nnx.grad``; nnxopt builds the
-      function of raw parameters itself, merging in the non-``wrt`` state so that
-      ``wrt`` subsets such as ``nnx.LoRAParam`` work.
+    - ``update(model, grads, value=..., value_fn=...)`` also accepts a
+      ``value_fn`` (and ``obj_fn``) of the **model**, as with ``nnx.grad``; nnxopt
+      builds the function of raw parameters itself, merging in the non-``wrt``
+      state so that ``wrt`` subsets such as ``nnx.LoRAParam`` work. Which form a
+      function has is decided by the rule documented in :meth:`update`.
     - ``minimize_step(model, loss_fn, *args)``: one complete iteration. It computes
       the loss and its gradient, supplies every extra argument the transform may
       need, reuses the value and gradient a line search already computed at the
@@ -44,7 +46,9 @@ class Optimizer(nnx.Optimizer[M]):
 
     Non-finite updates never enter the model: if the new parameters are not all
     finite, parameters and optimizer state keep their previous values and
-    ``step`` does not advance.
+    ``step`` does not advance (``nnx.Optimizer`` writes them and counts the step:
+    the one place where the numbers differ, and only on a step that would have
+    put NaN or infinity into the model).
 
     Args:
         model: the NNX module to optimize.
@@ -114,18 +118,39 @@ class Optimizer(nnx.Optimizer[M]):
                 ``polyak_sgd``, ``reduce_on_plateau``).
             grad: the gradient to pass as the ``grad`` extra argument; defaults to
                 ``grads``.
-            value_fn: ``value_fn(model) -> loss``, a function of the **model**.
-                nnxopt evaluates it on a copy with trial parameters, so line-search
-                trials never write the model's other state.
-            **extra: further keyword arguments for ``tx.update``. An ``obj_fn``
-                given here is also a function of the model.
+            value_fn: the loss as a function of the trial parameters, in either
+                form: ``value_fn(state)``, a function of the ``wrt``-filtered
+                ``nnx.State`` of arrays (flax's form, what ``nnx.Optimizer`` passes:
+                rebuild the model with ``nnx.merge(graphdef, state, ...)``), or
+                ``value_fn(model)``, a function of the **model**, which nnxopt
+                evaluates on a copy holding the trial parameters, so line-search
+                trials never write the model's other state. See "Which form" below.
+            **extra: further keyword arguments for ``tx.update`` (optax forwards
+                those ``value_fn`` names in its signature to it). An ``obj_fn``
+                given here may take either form too.
+
+        Which form: ``nnxopt.state_fn(f)`` or ``nnxopt.model_fn(f)`` states it.
+        Otherwise the first time the transform calls the function (at trace time)
+        nnxopt traces it abstractly (``jax.eval_shape``: nothing is computed, no
+        callback runs) with the state, then, if that raises, with the model, and
+        uses the first form that traces; the decision is kept for that function
+        and argument structure. So a function that works with ``nnx.Optimizer``
+        is always called exactly as ``nnx.Optimizer`` calls it, and the model form
+        is used only where ``nnx.Optimizer`` would fail. If neither traces, the
+        error the function raised with the state (what ``nnx.Optimizer`` would
+        raise) propagates, chained to the error it raised with the model, with a
+        note on both. Any error the function raises later carries a note naming
+        the form used and how to state it.
 
         Returns:
             The updates applied, shaped like the ``wrt`` parameters.
 
         Raises:
-            TypeError: if ``tx`` needs an extra argument that was not given, or
-                ``grads`` does not match the ``wrt`` parameters.
+            TypeError: if ``tx`` needs an extra argument that was not given,
+                ``grads`` does not match the ``wrt`` parameters, or ``value_fn``
+                is not callable.
+            Exception: whatever ``value_fn`` or ``obj_fn`` itself raises, with a
+                note (``__notes__``) on the form nnxopt called it in.
         """
         call = f"{type(self).__name__}.update"
         graphdef, params, rest = split_model(model, self.wrt, self.graph, call)
@@ -140,12 +165,12 @@ class Optimizer(nnx.Optimizer[M]):
                 if grad is None
                 else _pure_grads(grad, params, self.wrt, self.graph, call)
             )
-        if value_fn is not None:
-            kwargs["value_fn"] = _param_fn(value_fn, objective, rest, "value_fn", call)
-        if extra.get("obj_fn") is not None:
-            kwargs["obj_fn"] = _param_fn(
-                extra["obj_fn"], objective, rest, "obj_fn", call
-            )
+        key = (graphdef, tree_avals((params, rest)))
+        for name, fn in (("value_fn", value_fn), ("obj_fn", extra.get("obj_fn"))):
+            if fn is not None:
+                kwargs[name] = params_fn(
+                    fn, functools.partial(objective.merge, rest=rest), key, name, call
+                )
         if not isinstance(self.tx, optax.GradientTransformationExtraArgs):
             kwargs = {}  # plain transforms take no extra arguments: ignore them
         opt_state = nnx.as_pure(self.opt_state)
@@ -202,7 +227,9 @@ class Optimizer(nnx.Optimizer[M]):
         Args:
             model: the module being optimized.
             loss_fn: ``loss_fn(model, *args, **kwargs)`` returning a scalar, or
-                ``(scalar, aux)`` with ``has_aux=True``.
+                ``(scalar, aux)`` with ``has_aux=True``. A function of the ``wrt``
+                state instead, ``loss_fn(state, *args, **kwargs)``, is stated with
+                ``nnxopt.state_fn(loss_fn)`` (here the form is never guessed).
             *args: positional arguments of ``loss_fn`` (arrays are traced; other
                 values are static and must be hashable).
             has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
@@ -443,21 +470,6 @@ def _unused(model: Any) -> Any:  # placeholder loss for update()'s Objective
     raise AssertionError("not called")
 
 
-def _param_fn(
-    fn: Callable[[Any], Any], objective: Objective, rest: PyTree, name: str, call: str
-) -> Callable[[PyTree], Any]:
-    if not callable(fn):
-        raise TypeError(
-            f"{call}: {name} must be a function of the model, "
-            f"`{name}(model) -> loss`; got {fn!r}."
-        )
-
-    def param_level(params: PyTree) -> Any:
-        return fn(objective.merge(params, rest))
-
-    return param_level
-
-
 def _pure_grads(grads: Any, params: PyTree, wrt: Any, graph: Any, call: str) -> PyTree:
     has_variables = any(
         isinstance(x, nnx.Variable)
@@ -513,7 +525,8 @@ class _explain_missing_args:
                 raise TypeError(
                     f"{self.call}: the optax transform needs the extra argument(s) "
                     f"{missing}, which were not given. Line searches and L-BFGS need "
-                    "value=, grad= and value_fn= (value_fn takes the model). Call "
+                    "value=, grad= and value_fn= (a function of the wrt-filtered state, "
+                    "as for nnx.Optimizer, or of the model). Call "
                     "`optimizer.minimize_step(model, loss_fn)`, which supplies them "
                     "all, or pass them to update()."
                 ) from err
