@@ -359,7 +359,7 @@ def _solve(
     opt_state = stable_init_state(tx, params, tx.init(params))
     names = accepted_extra_args(tx, params, opt_state)
     has_ls = _linesearch_counts(opt_state) is not None
-    # nnxopt.lbfgs resets its memory after a failed search: let it retry once.
+    # nnxopt.lbfgs and nnxopt.bfgs reset after a failed search: let them retry once.
     max_fails = 2 if _resets_after_failure(opt_state) else 1
     reuse = not stateful and _stored_value_and_grad(opt_state, params) is not None
     carry_aux = objective.has_aux and not reuse
@@ -556,7 +556,10 @@ def _linesearch_failed(
 
 def _resets_after_failure(state: PyTree) -> bool:
     def is_node(x: Any) -> bool:
-        return hasattr(x, "_fields") and hasattr(x, "lbfgs_info")
+        # nnxopt.lbfgs (lbfgs_info) and nnxopt.bfgs (bfgs_info) both reset.
+        return hasattr(x, "_fields") and (
+            hasattr(x, "lbfgs_info") or hasattr(x, "bfgs_info")
+        )
 
     return any(is_node(x) for x in jax.tree.leaves(state, is_leaf=is_node))
 
