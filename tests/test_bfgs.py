@@ -18,6 +18,10 @@ import pytest
 import scipy.optimize
 from flax import nnx
 
+# The fixed-step loop and the fake line search of the L-BFGS tests (tests/ is on
+# sys.path under pytest).
+from test_lbfgs import _fake_search, _fixed_steps
+
 import nnxopt
 from nnxopt import problems as P
 from nnxopt._bfgs import BfgsState, inverse_hessian_update, scaling_parameters
@@ -218,6 +222,39 @@ def test_variants_keep_secant_and_positive_definiteness_and_reach_scipy_minimum(
     x_final = steps[-1][0]
     assert abs(float(fn(x_final)) - ref.fun) <= 1e-10
     np.testing.assert_allclose(x_final, ref.x, atol=1e-5)
+
+
+# --- failures: non-finite trials, line-search statuses ------------------------------
+
+
+def test_repeated_nan_trials_reset_and_return_to_last_finite_point():
+    # f = (x - 5)^2 / 10, NaN beyond |x| = 0.8. By hand, from x = 0 with unit
+    # steps: H = I, trial 1 (NaN), shrink to 0.5; the pair (0.5, 0.1) gives
+    # H = s/y = 5 (in one dimension the secant equation fixes H for every
+    # variant): the Newton step goes to 5; three halvings (2.75, 1.625, 1.0625)
+    # stay NaN, the 4th NaN trial gives up: back to 0.5, H = I, radius
+    # 0.5 * 0.5625; the gradient step of that length: 0.78125.
+    f = lambda x: jnp.sum(0.1 * (x - 5) ** 2 + 0.0 * jnp.sqrt(0.64 - x**2))  # noqa: E731
+    xs, state = _fixed_steps(nnxopt.bfgs(learning_rate=1.0), f, jnp.array([0.0]), 8)
+    want = [0.0, 1.0, 0.5, 5.0, 2.75, 1.625, 1.0625, 0.5, 0.78125]
+    np.testing.assert_allclose(np.concatenate(xs), want, rtol=1e-14)
+    info = state.bfgs_info
+    assert (int(info.num_nonfinite), int(info.num_resets)) == (5, 1)
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state))
+
+
+@pytest.mark.parametrize(
+    ("status", "resets"),
+    [(Status.SUCCESS, 0), (Status.LINESEARCH_FAILED, 1)],
+)
+def test_linesearch_status_resets_inverse_hessian(status, resets):
+    tx = nnxopt.bfgs(linesearch=_fake_search(status))
+    f = lambda x: jnp.sum(jnp.array([1.0, 4.0]) * x**2)  # noqa: E731
+    _, state = _fixed_steps(tx, f, jnp.array([1.0, 1.0]), 3)
+    # Update 2 sees the status with H = I (nothing to discard), then folds its
+    # pair; update 3 discards H and folds its own.
+    assert int(state.bfgs_info.num_resets) == resets
+    assert int(state.num_updates) == (1 if resets else 2)
 
 
 # --- jit, vmap, Optimizer --------------------------------------------------------
