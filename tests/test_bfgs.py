@@ -288,6 +288,18 @@ def test_vmap_of_a_step_loop_solves_a_batch():
     np.testing.assert_allclose(x, jnp.stack([a, a**2], axis=1), atol=1e-6)
 
 
+def test_float32_uses_hager_zhang_and_reaches_the_minimum():
+    problem = P.problem("rosenbrock")
+    x0 = jnp.asarray(problem.x0, jnp.float32)
+    steps = _run_steps(nnxopt.bfgs(self_scaling=True), problem.fn, x0, 80)
+    x, _, state = steps[-1]
+    assert x.dtype == state.inv_hessian.dtype == jnp.float32
+    assert type(state.linesearch_state).__name__ == "HagerZhangState"
+    # Closed form x* = (1, 1); float32 resolves f near x* to ~1e-7, which
+    # places x to ~sqrt(1e-7 / lambda_min(Hessian) = 0.4) ~ 5e-4.
+    np.testing.assert_allclose(x, [1.0, 1.0], atol=1e-3)
+
+
 def test_init_has_the_types_update_returns():
     x = {"w": jnp.ones((2, 2), jnp.float32), "b": jnp.zeros(3, jnp.float64)}
     tx = nnxopt.bfgs()

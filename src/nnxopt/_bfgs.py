@@ -35,8 +35,8 @@ class BfgsInfo(NamedTuple):
     The counters mean what those of ``nnxopt.LbfgsInfo`` mean.
 
     Attributes:
-        num_skipped: curvature pairs not used (``s·y <= eps·y·y``, non-finite, or
-            an update that would have made the matrix non-finite).
+        num_skipped: curvature pairs not used (``s·y <= eps·y·y``, or a
+            non-finite pair or update coefficient).
         num_resets: times the inverse Hessian was reset to the identity
             (line-search failure, no progress, a non-descent or non-finite
             direction, repeated non-finite trials).
@@ -404,15 +404,15 @@ def bfgs(
 
     For models up to ~10^4 parameters (PINNs, small networks, physical-model
     fits), where a full inverse-Hessian approximation ``H`` (``n x n`` over the
-    flattened parameters) reaches a far lower loss than L-BFGS in the same
-    number of evaluations. Same protocol as ``nnxopt.lbfgs``: ``update(updates,
+    flattened parameters), self-scaled, reaches a far lower loss than L-BFGS in
+    the same number of evaluations (``docs/choosing_a_solver.md``). Same protocol as ``nnxopt.lbfgs``: ``update(updates,
     state, params, *, value, grad, value_fn)``, value/gradient reuse through
     ``optax.value_and_grad_from_state``, any ``nnxopt.linesearch``, usable in
     ``nnxopt.minimize``, ``Optimizer.minimize_step`` and ``Optimizer.update``.
     At each update, with gradient ``g_k``:
 
     1. The pair ``s = x_k - x_{k-1}``, ``y = g_k - g_{k-1}`` updates ``H`` only
-       if it is finite and ``s·y > eps·y·y`` (and the result is finite):
+       if it is finite and ``s·y > eps·y·y`` (and its coefficients are):
 
        .. math::
 
@@ -431,7 +431,10 @@ def bfgs(
        ``LINESEARCH_FAILED`` or ``NON_FINITE``, or made no step.
     4. At a point with a non-finite loss or gradient it steps back towards the
        last finite iterate like ``nnxopt.lbfgs``. Parameters never become
-       non-finite.
+       non-finite. A reset sets ``num_updates = 0`` (``H`` is then read as the
+       identity) rather than rewriting the ``n x n`` matrix; an ``H`` that an
+       overflow made non-finite is discarded that way and overwritten at the
+       next update.
 
     The self-scaled variants (options of this function, one code path):
 
