@@ -1,17 +1,20 @@
 """Same-budget accuracy: L-BFGS against dense BFGS and its self-scaled variants.
 
 The 1-D Poisson PINN of ``nnxopt.problems.pinn_poisson_1d`` (tanh network
-1-20-20-1, 481 parameters, 40 collocation points, float64) and the ``sin``
+1-20-20-1, 481 parameters, 40 collocation points, float64), the 2-D one of
+``pinn_poisson_2d`` (2-20-20-1, 501 parameters, 8 x 8 interior points; with
+``--problems pinn2d``) and the ``sin``
 regression of ``mlp_regression`` (1-32-1, 97 parameters), solved from the same
 start by ``nnxopt.minimize`` with each transform until it has spent a budget of
 loss evaluations (``maxfev``; ``gtol = ftol = 0``, so only the budget or a
 failed line search stops a solve). Reported per budget: the final loss and,
 for the PINN, the relative L2 error of ``u`` against the exact solution
-``sin(pi x)`` on 201 points. Peers: scipy ``BFGS`` (always installed; stopped by
+``sin(pi x)`` on 201 points (2-D: ``sin(pi x) sin(pi y)`` on 21 x 21). Peers: scipy ``BFGS`` (always installed; stopped by
 its callback once it has spent the budget) and optimistix ``BFGS`` when
 installed (skipped with one line otherwise).
 
-    python -m benchmarks.bfgs_accuracy [--budgets 2000 5000] [--problems pinn1d sin]
+    python -m benchmarks.bfgs_accuracy [--budgets 2000 5000] [--problems pinn1d pinn2d sin]
+    python -m benchmarks.bfgs_accuracy --cost 1000 4000   # ms per update
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+import optax  # noqa: E402
 import scipy.optimize  # noqa: E402
 from flax import nnx  # noqa: E402
 
@@ -49,17 +53,25 @@ GRID = jnp.linspace(0.0, 1.0, 201, dtype=jnp.float64)
 def make_problem(name: str) -> P.NNXProblem:
     if name == "pinn1d":
         return P.pinn_poisson_1d(width=20, depth=2, num_points=40, dtype=jnp.float64)
+    if name == "pinn2d":
+        return P.pinn_poisson_2d(width=20, depth=2, num_side=8, dtype=jnp.float64)
     if name == "sin":
         return P.mlp_regression(width=32, depth=1, dtype=jnp.float64)
-    raise SystemExit(f"unknown problem {name!r}; known: pinn1d, sin")
+    raise SystemExit(f"unknown problem {name!r}; known: pinn1d, pinn2d, sin")
 
 
 def l2_error(name: str, model: nnx.Module) -> float:
-    """Relative L2 error of the PINN against sin(pi x); nan for regression."""
-    if name != "pinn1d":
+    """Relative L2 error of a PINN against its exact solution; nan otherwise."""
+    if name == "pinn1d":
+        u = model(GRID[:, None])[:, 0]
+        exact = jnp.sin(jnp.pi * GRID)
+    elif name == "pinn2d":
+        gx, gy = jnp.meshgrid(GRID[::10], GRID[::10])
+        xy = jnp.stack([gx.ravel(), gy.ravel()], axis=1)
+        u = model(xy)[:, 0]
+        exact = jnp.sin(jnp.pi * xy[:, 0]) * jnp.sin(jnp.pi * xy[:, 1])
+    else:
         return math.nan
-    u = model(GRID[:, None])[:, 0]
-    exact = jnp.sin(jnp.pi * GRID)
     return float(jnp.linalg.norm(u - exact) / jnp.linalg.norm(exact))
 
 
@@ -114,12 +126,49 @@ def run_scipy(problem: P.NNXProblem, name: str, budget: int) -> tuple:
     return float(out.fun), l2_error(name, model), count["n"], seconds
 
 
+def cost_per_iteration(n: int, solver: str) -> float:
+    """Milliseconds per update on a quadratic with a fixed step (no search)."""
+    tx = (
+        nnxopt.lbfgs(learning_rate=0.1)
+        if solver == "lbfgs"
+        else nnxopt.bfgs(learning_rate=0.1)
+    )
+    scale = jnp.linspace(1.0, 10.0, n)
+
+    def fn(x):
+        return 0.5 * jnp.sum(scale * x**2)
+
+    def step(carry):
+        x, state = carry
+        value, grad = jax.value_and_grad(fn)(x)
+        updates, state = tx.update(grad, state, x, value=value, grad=grad)
+        return optax.apply_updates(x, updates), state
+
+    steps = 20
+    run = jax.jit(lambda c: jax.lax.fori_loop(0, steps, lambda i, c: step(c), c))
+    x = jnp.ones(n)
+    carry = jax.block_until_ready(run((x, tx.init(x))))  # compile and warm up
+    start = time.perf_counter()
+    jax.block_until_ready(run(carry))
+    return (time.perf_counter() - start) / steps * 1e3
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--budgets", type=int, nargs="+", default=[2000, 5000])
     parser.add_argument("--problems", nargs="+", default=["pinn1d", "sin"])
     parser.add_argument("--solvers", nargs="+", default=[*SOLVERS, "scipy-bfgs"])
+    parser.add_argument(
+        "--cost", type=int, nargs="*", default=None,
+        help="instead: time one update at these sizes n (fixed step)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.cost is not None:
+        for n in args.cost:
+            for solver in ("lbfgs", "bfgs"):
+                ms = cost_per_iteration(n, solver)
+                print(f"n = {n}: {solver} {ms:.2f} ms per update", flush=True)
+        return
     try:
         import optimistix  # noqa: F401
     except ImportError:
