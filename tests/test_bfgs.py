@@ -24,7 +24,8 @@ from test_lbfgs import _fake_search, _fixed_steps
 
 import nnxopt
 from nnxopt import problems as P
-from nnxopt._bfgs import BfgsState, inverse_hessian_update, scaling_parameters
+from nnxopt._bfgs import BfgsState
+from nnxopt._broyden import inverse_hessian_update, scaling_parameters
 from nnxopt._minimize import minimize
 from nnxopt._status import Status
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
+from ._broyden import rank_two_update, scaling_parameters
 from ._lbfgs import (
     _MAX_SHRINKS,
     _RESET_STATUSES,
@@ -82,137 +83,6 @@ class BfgsState(NamedTuple):
     num_shrinks: jax.Array
     bfgs_info: BfgsInfo
     linesearch_state: optax.OptState
-
-
-def inverse_hessian_update(
-    inv_hessian: jax.Array,
-    s: jax.Array,
-    y: jax.Array,
-    tau: jax.Array | float = 1.0,
-    phi: jax.Array | float = 1.0,
-) -> jax.Array:
-    r"""Return the self-scaled Broyden-family update of the inverse Hessian ``H``.
-
-    .. math::
-
-        H_+ = \frac{1}{\tau}\Big(H - \frac{H y\,(H y)^\top}{y^\top H y}
-              + \phi\, v v^\top\Big) + \frac{s s^\top}{s^\top y},\qquad
-        v = \sqrt{y^\top H y}\,\Big(\frac{s}{s^\top y} - \frac{H y}{y^\top H y}\Big),
-
-    evaluated in expanded form as ``H / tau`` plus three signed symmetric
-    rank-one terms (so ``H_+`` is exactly symmetric), in one pass over ``H``.
-    ``tau = phi = 1`` is BFGS, the textbook
-    ``(I - rho s y^T) H (I - rho y s^T) + rho s s^T``;
-    ``phi = 0`` is DFP. Every ``tau, phi`` satisfies the secant equation
-    ``H_+ y = s`` (``v·y = 0``).
-
-    Args:
-        inv_hessian: ``H``, symmetric, shape ``(n, n)``.
-        s: the step, shape ``(n,)``.
-        y: the change of gradient, shape ``(n,)``; ``s·y > 0``.
-        tau: the self-scaling factor ``tau_k`` (1: none).
-        phi: the Broyden parameter of the inverse update (1: BFGS).
-
-    Returns:
-        ``H_+``, shape ``(n, n)``.
-
-    References:
-        Urbán, Stefanou & Pons, Unveiling the optimization process of physics
-        informed neural networks, J. Comput. Phys. 523 (2025) 113656,
-        arXiv:2405.04230, section 2 (the self-scaled Broyden update).
-    """
-    hy = inv_hessian @ y
-    return _rank_two(inv_hessian, s, y, hy, tau, phi)
-
-
-def _rank_two(
-    inv_hessian: jax.Array,
-    s: jax.Array,
-    y: jax.Array,
-    hy: jax.Array,
-    tau: jax.Array | float,
-    phi: jax.Array | float,
-) -> jax.Array:
-    """``inverse_hessian_update`` given ``hy = H y``: one elementwise pass over H."""
-    sy = s @ y
-    yhy = y @ hy
-    tau = jnp.asarray(tau, inv_hessian.dtype)
-    phi = jnp.asarray(phi, inv_hessian.dtype)
-    # v v^T expanded: yHy s s^T / sy^2 - (s Hy^T + Hy s^T) / sy + Hy Hy^T / yHy.
-    c_hh = -(1 - phi) / (tau * yhy)
-    c_sh = -phi / (tau * sy)
-    c_ss = phi * yhy / (tau * sy * sy) + 1 / sy
-    # Written as H / tau + sum_k sign_k p_k p_k^T, each entry is exactly
-    # symmetric even where multiply-adds are contracted (c x_i x_j is not:
-    # it rounds (c x_i) x_j and (c x_j) x_i differently, a drift that grows
-    # over the updates). The cross term by polarization, s and Hy first scaled
-    # to one norm so that it cancels little: with u = a s, w = Hy / a,
-    # s Hy^T + Hy s^T = (u + w)(u + w)^T - u u^T - w w^T.
-    ns, nh = jnp.sqrt(s @ s), jnp.sqrt(hy @ hy)
-    a = jnp.sqrt(jnp.where((ns > 0) & (nh > 0), nh / jnp.where(ns > 0, ns, 1), 1))
-    u, w = a * s, hy / a
-    out = inv_hessian / tau
-    for coef, p in (
-        (c_ss / (a * a) - c_sh, u),
-        (c_sh, u + w),
-        (c_hh * a * a - c_sh, w),
-    ):
-        root = jnp.sqrt(jnp.abs(coef)) * p
-        out = out + jnp.outer(jnp.sign(coef) * root, root)
-    return out.astype(inv_hessian.dtype)
-
-
-def scaling_parameters(
-    b: jax.Array,
-    h: jax.Array,
-    n: int,
-    self_scaling: bool,
-    broyden_phi: float | None,
-) -> tuple[jax.Array, jax.Array]:
-    r"""Return ``(tau_k, phi_k)`` of the self-scaled Broyden update.
-
-    With ``b = s·B s / s·y``, ``h = y·H y / s·y`` (``B = H^{-1}``) and
-    ``a = b h - 1 >= 0``:
-
-    - ``tau^(1) = min(1, 1/b)``: the Oren–Luenberger factor ``s·y / s·B s``
-      capped at 1 (Al-Baali's choice), used when ``self_scaling`` and a fixed
-      ``broyden_phi`` is given (``broyden_phi=1``: self-scaled BFGS).
-    - ``broyden_phi=None``: Urbán, Stefanou & Pons' self-scaled Broyden,
-      ``c = sqrt(a/(1+a))``, ``rho^- = min(1, h (1-c))``,
-      ``theta^- = (rho^- - 1)/a``, ``theta^+ = 1/rho^-``,
-      ``theta = max(theta^-, min(theta^+, (1-b)/b))``, ``sigma = 1 + a theta``,
-      ``phi = (1 - theta)/sigma`` and, when ``self_scaling``,
-      ``tau = tau^(1) min(sigma^(-1/(n-1)), 1/theta)`` if ``theta > 0``, else
-      ``min(tau^(1) sigma^(-1/(n-1)), sigma)``.
-
-    Without ``self_scaling`` ``tau = 1``. At ``b = h = 1`` (``H y = s``
-    already) every choice gives ``tau = phi = 1``: plain BFGS.
-    """
-    dtype = jnp.result_type(b)
-    one = jnp.ones((), dtype)
-    b = jnp.where(b > 0, b, 1)
-    tau1 = jnp.minimum(1, 1 / b) if self_scaling else one
-    if broyden_phi is not None:
-        return tau1.astype(dtype), jnp.asarray(broyden_phi, dtype)
-    # a >= 0 by Cauchy-Schwarz (in the B inner product); clip round-off.
-    a = jnp.maximum(b * h - 1, 0)
-    c = jnp.sqrt(a / (1 + a))
-    rho = jnp.minimum(1, h * (1 - c))
-    rho = jnp.where(rho > 0, rho, 1)
-    theta_minus = jnp.where(a > 0, (rho - 1) / jnp.where(a > 0, a, 1), -jnp.inf)
-    theta = jnp.maximum(theta_minus, jnp.minimum(1 / rho, (1 - b) / b))
-    sigma = 1 + a * theta
-    power = sigma ** (-1 / (n - 1)) if n > 1 else one
-    phi = (1 - theta) / sigma
-    if not self_scaling:
-        return one, phi.astype(dtype)
-    positive = theta > 0
-    tau = jnp.where(
-        positive,
-        tau1 * jnp.minimum(power, 1 / jnp.where(positive, theta, 1)),
-        jnp.minimum(tau1 * power, sigma),
-    )
-    return tau.astype(dtype), phi.astype(dtype)
 
 
 def _flat_dtype(params: Any) -> tuple[jnp.dtype, int]:
@@ -379,7 +249,7 @@ def _fold_pair(
     eye = jnp.eye(n, dtype=dtype)
     # One fused elementwise pass: H_pre (gamma I or H), the update, the selects.
     h_pre = jnp.where(first, gamma * eye, state.inv_hessian)
-    updated = _rank_two(h_pre, s_ok, y_ok, hy_ok, tau, phi)
+    updated = rank_two_update(h_pre, s_ok, y_ok, hy_ok, tau, phi)
     # A matrix read as the identity is stored as one, in the same pass.
     kept = jnp.where(first, eye, state.inv_hessian)
     return _Fold(
@@ -389,6 +259,37 @@ def _fold_pair(
         skipped=measured & ~folded,
         reset=reset,
     )
+
+
+def _direction(
+    fold: _Fold,
+    flat_g: jax.Array,
+    radius: jax.Array,
+    finite_now: jax.Array,
+    scale_init_precond: bool,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """``d = -H g`` (the capped ``-g`` while ``H`` is I), with its safeguard.
+
+    Returns ``d``, ``num_updates`` (0 after a non-descent or non-finite
+    ``d``, which falls back to the capped ``-g``), whether that happened, and
+    ``g·H g`` for the next self-scaling.
+    """
+    dtype = fold.inv_hessian.dtype
+    gg = flat_g @ flat_g
+    gamma_empty = jnp.minimum(1, radius / jnp.sqrt(gg)).astype(dtype)
+    if not scale_init_precond:
+        gamma_empty = jnp.where(radius < 1, gamma_empty, 1).astype(dtype)
+    empty = fold.num_updates == 0
+    flat_d = jnp.where(empty, -gamma_empty * flat_g, -(fold.inv_hessian @ flat_g))
+    slope = flat_g @ flat_d
+    finite_d = jnp.all(jnp.isfinite(flat_d))
+    bad_direction = (
+        finite_now & (gg > 0) & ~(finite_d & jnp.isfinite(slope) & (slope < 0))
+    )
+    flat_d = jnp.where(bad_direction, -gamma_empty * flat_g, flat_d)
+    num_updates = jnp.where(bad_direction, 0, fold.num_updates)
+    ghg = jnp.where(num_updates == 0, gg, -slope).astype(dtype)
+    return flat_d, num_updates, bad_direction, ghg
 
 
 def bfgs(
@@ -419,7 +320,7 @@ def bfgs(
            H_{k+1} = \frac{1}{\tau_k}\Big(H_k - \frac{H_k y\,(H_k y)^\top}{y^\top
            H_k y} + \phi_k v v^\top\Big) + \frac{s s^\top}{s^\top y}
 
-       (``inverse_hessian_update``). Plain BFGS is ``tau_k = phi_k = 1``.
+       (``nnxopt._broyden.inverse_hessian_update``). Plain BFGS is ``tau_k = phi_k = 1``.
        Before the first update (and after a reset) ``H = (s·y / y·y) I``
        (Shanno–Phua initial scaling).
     2. The direction is ``d = -H g`` (``-min(1, 1/||g||) g`` while ``H`` is the
@@ -445,7 +346,7 @@ def bfgs(
       slowly curving losses of PINNs.
     - ``broyden_phi=None, self_scaling=True``: self-scaled Broyden (SSBroyden),
       ``phi_k`` and ``tau_k`` chosen each step as in Urbán, Stefanou & Pons
-      (2025) and Kiyani et al. (2025); see ``scaling_parameters``.
+      (2025) and Kiyani et al. (2025); see ``nnxopt._broyden.scaling_parameters``.
     - ``broyden_phi`` in ``[0, 1]``: a fixed member of the Broyden class
       (1: BFGS, 0: DFP).
 
@@ -608,27 +509,15 @@ def bfgs(
         )
         radius = jnp.where(fold.folded, 1, state.radius).astype(dtype)
 
-        # Direction: -H g, or the capped steepest descent while H is I.
-        gg = flat_g @ flat_g
-        gamma_empty = jnp.minimum(1, radius / jnp.sqrt(gg)).astype(dtype)
-        if not scale_init_precond:
-            gamma_empty = jnp.where(radius < 1, gamma_empty, 1).astype(dtype)
-        empty = fold.num_updates == 0
-        flat_d = jnp.where(empty, -gamma_empty * flat_g, -(fold.inv_hessian @ flat_g))
-        slope = flat_g @ flat_d
-        finite_d = jnp.all(jnp.isfinite(flat_d))
-        bad_direction = (
-            finite_now & (gg > 0) & ~(finite_d & jnp.isfinite(slope) & (slope < 0))
+        flat_d, num_updates, bad_direction, ghg = _direction(
+            fold, flat_g, radius, finite_now, scale_init_precond
         )
-        flat_d = jnp.where(bad_direction, -gamma_empty * flat_g, flat_d)
         # A non-finite H (only an overflow of a finite update can make one)
         # gives a non-finite H g: H is discarded (num_updates = 0) and the next
         # update overwrites it. Replacing it here would cost a copy of H at
         # every iteration (measured: 2x the iteration at n = 4000).
         inv_hessian = fold.inv_hessian
-        num_updates = jnp.where(bad_direction, 0, fold.num_updates)
         reset = fold.reset | bad_direction
-        ghg = jnp.where(num_updates == 0, gg, -slope).astype(dtype)
         direction = optax.tree.cast_like(unravel(flat_d), params)
 
         normal_state = BfgsState(
