@@ -54,6 +54,23 @@ def test_demo_quick_prints_table_and_writes_plot(tmp_path):
     assert out.stat().st_size > 1000
 
 
+def test_demo_solver_option_runs_the_self_scaled_bfgs(tmp_path):
+    proc = _run(
+        ["-m", "nnxopt", "demo", "--quick", "--no-progress", "--no-plot",
+         "--solver", "ssbfgs"],
+        tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {
+        line.split()[0]: line.split()
+        for line in proc.stdout.splitlines()
+        if line.startswith(("adam(", "SSBFGS"))
+    }
+    assert set(rows) == {"adam(1e-2)", "SSBFGS"}
+    # The same bar as L-BFGS above against u = sin(pi x) (measured: 9e-5).
+    assert float(rows["SSBFGS"][4]) < 5e-2 < float(rows["adam(1e-2)"][4])
+
+
 def test_cli_help_and_unknown_command(tmp_path):
     assert "demo" in _run(["-m", "nnxopt", "--help"], tmp_path).stdout
     assert _run(["-m", "nnxopt", "nope"], tmp_path).returncode == 2

@@ -1,6 +1,9 @@
 """nnxopt: L-BFGS and every line-search optimizer of Optax, first-class in Flax NNX."""
 
 from . import linesearch as linesearch
+from ._bfgs import BfgsInfo as BfgsInfo
+from ._bfgs import BfgsState as BfgsState
+from ._bfgs import bfgs as bfgs
 from ._handoff import HandoffResult as HandoffResult
 from ._handoff import adam_then_lbfgs as adam_then_lbfgs
 from ._lbfgs import LbfgsInfo as LbfgsInfo

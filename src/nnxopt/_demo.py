@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -18,7 +19,9 @@ import numpy as np
 import optax
 from flax import nnx
 
+from ._bfgs import bfgs
 from ._handoff import adam_then_lbfgs
+from ._lbfgs import lbfgs
 from ._minimize import MinimizeResult
 
 
@@ -53,16 +56,37 @@ def relative_l2_error(model: PINN, dtype: Any) -> float:
     return float(jnp.linalg.norm(model(x) - exact) / jnp.linalg.norm(exact))
 
 
+# --solver: (row label, transform factory) of the second phase.
+_SOLVERS: dict[str, tuple[str, Callable[[], Any]]] = {
+    "lbfgs": ("L-BFGS", lbfgs),
+    "bfgs": ("BFGS", bfgs),
+    "ssbfgs": ("SSBFGS", lambda: bfgs(self_scaling=True)),
+    "ssbroyden": ("SSBroyden", lambda: bfgs(self_scaling=True, broyden_phi=None)),
+}
+
+
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the demo with command-line ``argv``; return the table rows."""
     parser = argparse.ArgumentParser(
         prog="nnxopt demo",
-        description="Train a 1-D Poisson PINN with Adam, then L-BFGS (nnxopt.minimize).",
+        description=(
+            "Train a 1-D Poisson PINN with Adam, then L-BFGS or a --solver "
+            "(nnxopt.minimize)."
+        ),
     )
     parser.add_argument("--quick", action="store_true", help="a few-second run")
     parser.add_argument("--float64", action="store_true", help="use float64")
     parser.add_argument("--adam-steps", type=int, default=None)
-    parser.add_argument("--lbfgs-steps", type=int, default=None)
+    parser.add_argument(
+        "--lbfgs-steps", type=int, default=None, help="second-phase iterations"
+    )
+    parser.add_argument(
+        "--solver",
+        choices=sorted(_SOLVERS),
+        default="lbfgs",
+        help="second phase: nnxopt.lbfgs (default), nnxopt.bfgs, or its "
+        "self-scaled BFGS / Broyden variants (docs/choosing_a_solver.md)",
+    )
     parser.add_argument("--out", default="nnxopt_demo.png", help="plot path")
     parser.add_argument("--no-plot", action="store_true", help="skip the plot")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -91,6 +115,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         xb,
         adam=optax.adam(1e-2),
         adam_steps=adam_steps,
+        tx=_SOLVERS[args.solver][1](),
         maxiter=lbfgs_steps,
         progress=progress,
         between=lambda m, _: errors.append(relative_l2_error(m, dtype)),
@@ -100,7 +125,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for phase, result, seconds, error in (
         ("adam(1e-2)", out.adam, out.adam_seconds, errors[0]),
-        ("L-BFGS", out.lbfgs, out.lbfgs_seconds, errors[1]),
+        (_SOLVERS[args.solver][0], out.lbfgs, out.lbfgs_seconds, errors[1]),
     ):
         rows.append(
             dict(

@@ -1,0 +1,621 @@
+"""Dense BFGS (and the self-scaled BFGS / Broyden family) as an optax transform."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.flatten_util import ravel_pytree
+
+from ._broyden import rank_two_update, scaling_parameters
+from ._lbfgs import (
+    _MAX_SHRINKS,
+    _RESET_STATUSES,
+    _SHRINK,
+    _all_finite,
+    _scale,
+    _strong,
+    _where,
+    default_linesearch,
+)
+
+_CALL = "nnxopt.bfgs"
+
+#: Default of ``max_dense_bytes``: 2 GiB for the ``n x n`` inverse Hessian, i.e.
+#: up to 16384 float64 or 23170 float32 parameters.
+MAX_DENSE_BYTES = 2**31
+
+
+class BfgsInfo(NamedTuple):
+    """Diagnostics of ``nnxopt.bfgs``, cumulative over the solve (``int32``).
+
+    The counters mean what those of ``nnxopt.LbfgsInfo`` mean.
+
+    Attributes:
+        num_skipped: curvature pairs not used (``s·y <= eps·y·y``, or a
+            non-finite pair or update coefficient).
+        num_resets: times the inverse Hessian was reset to the identity
+            (line-search failure, no progress, a non-descent or non-finite
+            direction, repeated non-finite trials).
+        num_nonfinite: updates called at a point with a non-finite loss or
+            gradient (each one shrinks the step).
+    """
+
+    num_skipped: jax.Array
+    num_resets: jax.Array
+    num_nonfinite: jax.Array
+
+
+class BfgsState(NamedTuple):
+    """State of ``nnxopt.bfgs``: a dense inverse-Hessian approximation.
+
+    Attributes:
+        count: number of ``update`` calls (``int32``).
+        params: the last iterate with a finite loss and gradient, the anchor of
+            the next curvature pair and of the recovery from non-finite points.
+        updates: the incoming updates (gradient) at ``params``.
+        inv_hessian: ``H``, shape ``(n, n)`` over the flattened parameters, in
+            their common dtype; read as the identity while ``num_updates == 0``
+            (a reset zeroes the counter; the next update stores the identity).
+        num_updates: pairs folded into ``H`` since the last reset (``int32``).
+        grad_inv_hessian_grad: ``g·H g`` at ``params`` with the ``H`` that gave
+            the last direction (the self-scaling needs ``s·B s``, equal to
+            ``(s·g)^2 / g·H g`` for a step along ``-H g``).
+        radius: largest length of the unit step while ``num_updates == 0`` (1,
+            or less after a recovery from non-finite points).
+        num_shrinks: consecutive non-finite trials since the last finite one.
+        bfgs_info: diagnostics, see ``BfgsInfo``.
+        linesearch_state: the state of the line search (or of the fixed step),
+            holding ``value``, ``grad`` and ``learning_rate`` for a line search.
+    """
+
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, like optax
+    params: optax.Params
+    updates: optax.Updates
+    inv_hessian: jax.Array
+    num_updates: jax.Array
+    grad_inv_hessian_grad: jax.Array
+    radius: jax.Array
+    num_shrinks: jax.Array
+    bfgs_info: BfgsInfo
+    linesearch_state: optax.OptState
+
+
+def _flat_dtype(params: Any) -> tuple[jnp.dtype, int]:
+    """The common float dtype and size of the flattened parameters (trace time)."""
+    leaves = jax.tree.leaves(params)
+    if not leaves:
+        raise ValueError(f"{_CALL}: params has no array leaves.")
+    for leaf in leaves:
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"{_CALL}: every leaf of params must be a real floating-point "
+                f"array; got a leaf of dtype {dtype} and shape {jnp.shape(leaf)}. "
+                "Keep integer, boolean and complex values out of the optimized "
+                "parameters (e.g. nnx.Optimizer(..., wrt=nnx.Param), or split a "
+                "complex parameter into its real and imaginary parts)."
+            )
+    n = sum(math.prod(jnp.shape(leaf)) for leaf in leaves)
+    return jnp.dtype(jnp.result_type(*leaves)), int(n)
+
+
+def _check_size(n: int, dtype: jnp.dtype, max_dense_bytes: int) -> None:
+    need = n * n * dtype.itemsize
+    if need > max_dense_bytes:
+        raise ValueError(
+            f"{_CALL}: the dense inverse Hessian of {n} parameters needs "
+            f"n^2 * itemsize = {n}^2 * {dtype.itemsize} bytes = {need / 2**30:.2f} "
+            f"GiB ({dtype}), above max_dense_bytes={max_dense_bytes!r} "
+            f"({max_dense_bytes / 2**30:.2f} GiB). Use nnxopt.lbfgs() (memory "
+            "O(m n)) for a model this size, or raise max_dense_bytes if the "
+            "device holds several n x n arrays."
+        )
+
+
+def _check_linesearch(linesearch: Any, state: Any) -> None:
+    try:
+        fields = [optax.tree.get(state, k) for k in ("learning_rate", "value", "grad")]
+    except (KeyError, ValueError):
+        fields = [None]
+    if any(f is None for f in fields):
+        raise ValueError(
+            f"{_CALL}: linesearch={linesearch!r} is not a line search that "
+            "bfgs can drive: its state must hold exactly one learning_rate, "
+            "value and grad (the accepted step, loss and gradient). Pass one "
+            "of nnxopt.linesearch.{more_thuente, zoom, hager_zhang, "
+            "backtracking}() or optax.scale_by_zoom_linesearch(...), or "
+            "learning_rate=... for a fixed step."
+        )
+
+
+def _check_arguments(
+    learning_rate: Any,
+    linesearch: Any,
+    curvature_eps: Any,
+    scale_init_precond: Any,
+    self_scaling: Any,
+    broyden_phi: Any,
+    max_dense_bytes: Any,
+) -> None:
+    for name, value in (
+        ("scale_init_precond", scale_init_precond),
+        ("self_scaling", self_scaling),
+    ):
+        if not isinstance(value, bool):
+            raise TypeError(f"{_CALL}: {name} must be a bool, got {value!r}.")
+    if curvature_eps is not None and not (
+        isinstance(curvature_eps, int | float)
+        and math.isfinite(curvature_eps)
+        and curvature_eps >= 0
+    ):
+        raise ValueError(
+            f"{_CALL}: curvature_eps must be a finite number >= 0 (or None for "
+            f"the dtype's machine epsilon), got {curvature_eps!r}."
+        )
+    if broyden_phi is not None and not (
+        isinstance(broyden_phi, int | float) and 0 <= broyden_phi <= 1
+    ):
+        raise ValueError(
+            f"{_CALL}: broyden_phi must be a number in [0, 1] (1: BFGS, 0: DFP) "
+            "or None (the self-scaled Broyden choice of Urbán et al.), got "
+            f"{broyden_phi!r}."
+        )
+    if (
+        isinstance(max_dense_bytes, bool)
+        or not isinstance(max_dense_bytes, int)
+        or max_dense_bytes < 1
+    ):
+        raise ValueError(
+            f"{_CALL}: max_dense_bytes must be an int >= 1 (bytes allowed for "
+            f"the n x n inverse Hessian), got {max_dense_bytes!r}."
+        )
+    if learning_rate is not None and linesearch is not None:
+        raise ValueError(
+            f"{_CALL}: give either learning_rate (a fixed step, no line search) "
+            f"or linesearch, not both; got learning_rate={learning_rate!r} and "
+            f"linesearch={linesearch!r}."
+        )
+    if linesearch is not None and not isinstance(
+        linesearch, optax.GradientTransformation
+    ):
+        raise TypeError(
+            f"{_CALL}: linesearch must be an optax line-search transform (e.g. "
+            "nnxopt.linesearch.zoom()), got "
+            f"{type(linesearch).__name__}: {linesearch!r}."
+        )
+
+
+class _Fold(NamedTuple):
+    inv_hessian: jax.Array
+    num_updates: jax.Array
+    folded: jax.Array
+    skipped: jax.Array
+    reset: jax.Array
+
+
+def _fold_pair(
+    state: BfgsState,
+    s: jax.Array,
+    y: jax.Array,
+    measured: jax.Array,
+    bad_search: jax.Array,
+    eps: Any,
+    scale_init_precond: bool,
+    self_scaling: bool,
+    broyden_phi: float | None,
+) -> _Fold:
+    """Reset after a failed search, then fold the pair ``(s, y)`` into ``H``.
+
+    A reset only sets ``num_updates = 0`` (``H`` is then read as the identity):
+    for large ``n`` the ``n x n`` matrix is the cost of an iteration, and this
+    way it is read twice (``H y``, ``H g``) and written once per iteration.
+    """
+    dtype = state.inv_hessian.dtype
+    n = s.shape[0]
+    sy, yy, ss = s @ y, y @ y, s @ s
+    finite_pair = jnp.all(jnp.isfinite(s)) & jnp.all(jnp.isfinite(y))
+    finite_pair &= jnp.isfinite(sy) & jnp.isfinite(yy)
+    pair_ok = measured & finite_pair & (sy > eps * yy)
+    # A failed search, or no step at all: the matrix, if any, sent it astray.
+    reset = measured & (bad_search | (ss == 0)) & (state.num_updates > 0)
+    num_updates = jnp.where(reset, 0, state.num_updates)
+
+    # Shanno-Phua: before the first update H = (s·y / y·y) I.
+    safe_sy = jnp.where(pair_ok, sy, 1)
+    gamma = sy / jnp.where(yy > 0, yy, 1) if scale_init_precond else 1
+    first = num_updates == 0
+    gamma = jnp.where(first & pair_ok, gamma, 1).astype(dtype)
+    # s·B s: exact for H = gamma I; for a step along -H g it is (s·g)^2 / g·H g.
+    g_prev = ravel_pytree(state.updates)[0].astype(dtype)
+    ghg = state.grad_inv_hessian_grad
+    sbs = jnp.where(first, ss / gamma, (s @ g_prev) ** 2 / jnp.where(ghg > 0, ghg, 1))
+    # The where keeps a stale H out of the arithmetic when it is not used.
+    hy = jnp.where(first, gamma * y, state.inv_hessian @ y)
+    b = sbs / safe_sy
+    h = (y @ hy) / safe_sy
+    tau, phi = scaling_parameters(b, h, n, self_scaling, broyden_phi)
+    s_ok, y_ok = jnp.where(pair_ok, s, 0), jnp.where(pair_ok, y, 0)
+    hy_ok = jnp.where(pair_ok, hy, 0)
+    tau = jnp.where(pair_ok, tau, 1)
+    # Finite inputs and coefficients; an overflow inside H shows up in H g and
+    # resets there.
+    scalars = jnp.stack([tau, phi, y @ hy, sy]).astype(dtype)
+    folded = pair_ok & jnp.all(jnp.isfinite(hy)) & jnp.all(jnp.isfinite(scalars))
+    eye = jnp.eye(n, dtype=dtype)
+    # One fused elementwise pass: H_pre (gamma I or H), the update, the selects.
+    h_pre = jnp.where(first, gamma * eye, state.inv_hessian)
+    updated = rank_two_update(h_pre, s_ok, y_ok, hy_ok, tau, phi)
+    # A matrix read as the identity is stored as one, in the same pass.
+    kept = jnp.where(first, eye, state.inv_hessian)
+    return _Fold(
+        inv_hessian=jnp.where(folded, updated, kept),
+        num_updates=jnp.where(folded, num_updates + 1, num_updates),
+        folded=folded,
+        skipped=measured & ~folded,
+        reset=reset,
+    )
+
+
+def _direction(
+    fold: _Fold,
+    flat_g: jax.Array,
+    radius: jax.Array,
+    finite_now: jax.Array,
+    scale_init_precond: bool,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """``d = -H g`` (the capped ``-g`` while ``H`` is I), with its safeguard.
+
+    Returns ``d``, ``num_updates`` (0 after a non-descent or non-finite
+    ``d``, which falls back to the capped ``-g``), whether that happened, and
+    ``g·H g`` for the next self-scaling.
+    """
+    dtype = fold.inv_hessian.dtype
+    gg = flat_g @ flat_g
+    gamma_empty = jnp.minimum(1, radius / jnp.sqrt(gg)).astype(dtype)
+    if not scale_init_precond:
+        gamma_empty = jnp.where(radius < 1, gamma_empty, 1).astype(dtype)
+    empty = fold.num_updates == 0
+    flat_d = jnp.where(empty, -gamma_empty * flat_g, -(fold.inv_hessian @ flat_g))
+    slope = flat_g @ flat_d
+    finite_d = jnp.all(jnp.isfinite(flat_d))
+    bad_direction = (
+        finite_now & (gg > 0) & ~(finite_d & jnp.isfinite(slope) & (slope < 0))
+    )
+    flat_d = jnp.where(bad_direction, -gamma_empty * flat_g, flat_d)
+    num_updates = jnp.where(bad_direction, 0, fold.num_updates)
+    ghg = jnp.where(num_updates == 0, gg, -slope).astype(dtype)
+    return flat_d, num_updates, bad_direction, ghg
+
+
+def bfgs(
+    learning_rate: optax.ScalarOrSchedule | None = None,
+    linesearch: optax.GradientTransformation | None = None,
+    curvature_eps: float | None = None,
+    scale_init_precond: bool = True,
+    self_scaling: bool = False,
+    broyden_phi: float | None = 1.0,
+    max_dense_bytes: int = MAX_DENSE_BYTES,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Return dense BFGS, or a self-scaled BFGS / Broyden method, as an optax transform.
+
+    For models up to ~10^4 parameters (PINNs, small networks, physical-model
+    fits), where a full inverse-Hessian approximation ``H`` (``n x n`` over the
+    flattened parameters), self-scaled, reaches a far lower loss than L-BFGS in
+    the same number of evaluations (``docs/choosing_a_solver.md``). Same protocol as ``nnxopt.lbfgs``: ``update(updates,
+    state, params, *, value, grad, value_fn)``, value/gradient reuse through
+    ``optax.value_and_grad_from_state``, any ``nnxopt.linesearch``, usable in
+    ``nnxopt.minimize``, ``Optimizer.minimize_step`` and ``Optimizer.update``.
+    At each update, with gradient ``g_k``:
+
+    1. The pair ``s = x_k - x_{k-1}``, ``y = g_k - g_{k-1}`` updates ``H`` only
+       if it is finite and ``s·y > eps·y·y`` (and its coefficients are):
+
+       .. math::
+
+           H_{k+1} = \frac{1}{\tau_k}\Big(H_k - \frac{H_k y\,(H_k y)^\top}{y^\top
+           H_k y} + \phi_k v v^\top\Big) + \frac{s s^\top}{s^\top y}
+
+       (``nnxopt._broyden.inverse_hessian_update``). Plain BFGS is ``tau_k = phi_k = 1``.
+       Before the first update (and after a reset) ``H = (s·y / y·y) I``
+       (Shanno–Phua initial scaling).
+    2. The direction is ``d = -H g`` (``-min(1, 1/||g||) g`` while ``H`` is the
+       identity). If ``d`` is non-finite or not a descent direction (``g·d >=
+       0``: ``H`` lost positive definiteness to round-off), ``H`` is reset to
+       the identity and the scaled ``-g`` used instead.
+    3. The line search scales ``d``, its first trial being the unit step. ``H``
+       is reset when the previous search reports ``NOT_DESCENT``,
+       ``LINESEARCH_FAILED`` or ``NON_FINITE``, or made no step.
+    4. At a point with a non-finite loss or gradient it steps back towards the
+       last finite iterate like ``nnxopt.lbfgs``. Parameters never become
+       non-finite. A reset sets ``num_updates = 0`` (``H`` is then read as the
+       identity) rather than rewriting the ``n x n`` matrix; an ``H`` that an
+       overflow made non-finite is discarded that way and overwritten at the
+       next update.
+
+    The self-scaled variants (options of this function, one code path):
+
+    - ``self_scaling=True`` (``broyden_phi=1``): self-scaled BFGS (SSBFGS),
+      ``tau_k = min(1, s·y / s·B_k s)``, the Oren–Luenberger factor capped at 1
+      as Al-Baali chose; it shrinks ``B`` (grows ``H``) when the curvature
+      along the step is lower than the model's, which helps the ill-conditioned,
+      slowly curving losses of PINNs.
+    - ``broyden_phi=None, self_scaling=True``: self-scaled Broyden (SSBroyden),
+      ``phi_k`` and ``tau_k`` chosen each step as in Urbán, Stefanou & Pons
+      (2025) and Kiyani et al. (2025); see ``nnxopt._broyden.scaling_parameters``.
+    - ``broyden_phi`` in ``[0, 1]``: a fixed member of the Broyden class
+      (1: BFGS, 0: DFP).
+
+    Each reduces to plain BFGS (``tau_k = phi_k = 1``) when ``s·B_k s <= s·y``
+    (SSBFGS), or when ``H_k y = s`` already holds (``b_k = h_k = 1``, every
+    variant).
+
+    Memory: ``H`` holds ``n^2`` values of the parameters' common dtype (mixed
+    float dtypes are flattened to their promotion, e.g. float32 + float64 ->
+    float64; the updates are cast back leaf by leaf); an update makes a few
+    ``n x n`` temporaries. ``init`` raises when ``n^2 * itemsize`` exceeds
+    ``max_dense_bytes``.
+
+    Args:
+        learning_rate: a fixed step size (or schedule) instead of a line search.
+            ``None`` (default) runs ``linesearch``.
+        linesearch: an optax line search whose state has ``value``, ``grad``
+            and ``learning_rate`` (any ``nnxopt.linesearch``). ``None``
+            (default): ``more_thuente()`` in float64, ``hager_zhang()`` in
+            float32 (``nnxopt.lbfgs``'s choice: strong Wolfe where the loss
+            resolves the decrease, approximate Wolfe below that).
+        curvature_eps: a pair is skipped when ``s·y <= curvature_eps * y·y``.
+            ``None`` (default): the machine epsilon of the parameters' dtype.
+        scale_init_precond: Shanno–Phua scaling of the first ``H`` and the
+            capped ``1/||g||`` first step, rather than ``H = I``.
+        self_scaling: scale ``H`` by ``1/tau_k`` at each update (see above).
+        broyden_phi: the Broyden parameter ``phi`` of the inverse update, in
+            ``[0, 1]`` (default 1: BFGS), or ``None`` for the self-scaled
+            Broyden choice of ``phi_k`` each step.
+        max_dense_bytes: the largest ``n^2 * itemsize`` allowed for ``H``
+            (default ``2**31``, 2 GiB: 16384 float64 or 23170 float32
+            parameters).
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs`` whose state is
+        ``BfgsState``.
+
+    Raises:
+        TypeError: a non-float leaf in ``params`` (at ``init``), ``linesearch``
+            not an optax transform, a non-bool flag, or ``update`` running a
+            line search without ``value``, ``grad`` and ``value_fn``.
+        ValueError: ``n^2 * itemsize > max_dense_bytes`` (at ``init``), a line
+            search whose state lacks ``learning_rate``/``value``/``grad``,
+            ``curvature_eps`` negative, ``broyden_phi`` outside ``[0, 1]``, or
+            both ``learning_rate`` and ``linesearch`` given.
+
+    Example:
+        >>> import jax.numpy as jnp, optax, nnxopt
+        >>> def f(x):
+        ...     return jnp.sum((x - 1.0) ** 2 * jnp.arange(1.0, 4.0))
+        >>> opt = nnxopt.bfgs(self_scaling=True)
+        >>> x = jnp.zeros(3)
+        >>> state = opt.init(x)
+        >>> value_and_grad = optax.value_and_grad_from_state(f)
+        >>> for _ in range(8):
+        ...     value, grad = value_and_grad(x, state=state)
+        ...     updates, state = opt.update(
+        ...         grad, state, x, value=value, grad=grad, value_fn=f
+        ...     )
+        ...     x = optax.apply_updates(x, updates)
+        >>> print(jnp.round(x, 4))
+        [1. 1. 1.]
+
+    References:
+        Nocedal & Wright, Numerical Optimization, 2nd ed. (2006), section 6.1:
+        the BFGS inverse update (6.17) and the initial scaling (6.20).
+
+        Oren & Luenberger, Self-scaling variable metric (SSVM) algorithms,
+        Management Science 20 (1974).
+
+        Al-Baali, Numerical experience with a class of self-scaling quasi-Newton
+        algorithms, J. Optim. Theory Appl. 96 (1998).
+
+        Urbán, Stefanou & Pons, Unveiling the optimization process of physics
+        informed neural networks: how accurate and competitive can PINNs be?,
+        J. Comput. Phys. 523 (2025) 113656, arXiv:2405.04230, section 2: the
+        self-scaled Broyden update and its ``tau_k``, ``theta_k``, ``phi_k``.
+
+        Kiyani, Shukla, Urbán, Darbon & Karniadakis, Which optimizer works best
+        for physics-informed neural networks and Kolmogorov-Arnold networks?,
+        arXiv:2501.16371 (2025): SSBFGS and SSBroyden with a Wolfe line search.
+    """
+    _check_arguments(
+        learning_rate,
+        linesearch,
+        curvature_eps,
+        scale_init_precond,
+        self_scaling,
+        broyden_phi,
+        max_dense_bytes,
+    )
+    uses_linesearch = learning_rate is None
+    given = (
+        linesearch
+        if uses_linesearch
+        else optax.scale_by_learning_rate(learning_rate, flip_sign=False)
+    )
+
+    def inner_for(dtype: jnp.dtype) -> optax.GradientTransformationExtraArgs:
+        return optax.with_extra_args_support(given or default_linesearch(dtype))
+
+    def init_fn(params: optax.Params) -> BfgsState:
+        dtype, n = _flat_dtype(params)
+        _check_size(n, dtype, max_dense_bytes)
+        ls_state = _strong(inner_for(dtype).init(params))
+        if uses_linesearch:
+            _check_linesearch(linesearch, ls_state)
+        int0 = jnp.zeros((), jnp.int32)
+        return BfgsState(
+            count=int0,
+            params=optax.tree.zeros_like(params),
+            updates=optax.tree.zeros_like(params),
+            inv_hessian=jnp.eye(n, dtype=dtype),
+            num_updates=int0,
+            grad_inv_hessian_grad=jnp.zeros((), dtype),
+            radius=jnp.ones((), dtype),
+            num_shrinks=int0,
+            bfgs_info=BfgsInfo(int0, int0, int0),
+            linesearch_state=ls_state,
+        )
+
+    def update_fn(
+        updates: optax.Updates,
+        state: BfgsState,
+        params: optax.Params | None = None,
+        *,
+        value: jax.Array | None = None,
+        grad: optax.Updates | None = None,
+        value_fn: Callable[..., jax.Array] | None = None,
+        **extra_args: Any,
+    ) -> tuple[optax.Updates, BfgsState]:
+        _check_update_args(uses_linesearch, params, value, grad, value_fn)
+        dtype = state.inv_hessian.dtype
+        eps = jnp.finfo(dtype).eps if curvature_eps is None else curvature_eps
+        flat_g, unravel = ravel_pytree(updates)
+        flat_g = flat_g.astype(dtype)
+        flat_x = ravel_pytree(params)[0].astype(dtype)
+        flat_anchor = ravel_pytree(state.params)[0].astype(dtype)
+        s = flat_x - flat_anchor
+        y = flat_g - ravel_pytree(state.updates)[0].astype(dtype)
+        finite_now = jnp.all(jnp.isfinite(flat_g))
+        if value is not None:
+            finite_now &= jnp.all(jnp.isfinite(value))
+        info = state.bfgs_info
+
+        status = optax.tree.get(state.linesearch_state, "status")
+        bad_search = jnp.zeros((), bool)
+        if status is not None:
+            bad_search = jnp.isin(status, jnp.asarray(_RESET_STATUSES, jnp.int32))
+        fold = _fold_pair(
+            state,
+            s,
+            y,
+            (state.count > 0) & finite_now,
+            bad_search,
+            eps,
+            scale_init_precond,
+            self_scaling,
+            broyden_phi,
+        )
+        radius = jnp.where(fold.folded, 1, state.radius).astype(dtype)
+
+        flat_d, num_updates, bad_direction, ghg = _direction(
+            fold, flat_g, radius, finite_now, scale_init_precond
+        )
+        # A non-finite H (only an overflow of a finite update can make one)
+        # gives a non-finite H g: H is discarded (num_updates = 0) and the next
+        # update overwrites it. Replacing it here would cost a copy of H at
+        # every iteration (measured: 2x the iteration at n = 4000).
+        inv_hessian = fold.inv_hessian
+        reset = fold.reset | bad_direction
+        direction = optax.tree.cast_like(unravel(flat_d), params)
+
+        normal_state = BfgsState(
+            count=optax.safe_increment(state.count),
+            params=params,
+            updates=optax.tree.cast_like(updates, state.updates),
+            inv_hessian=inv_hessian,
+            num_updates=num_updates,
+            grad_inv_hessian_grad=ghg,
+            radius=radius,
+            num_shrinks=jnp.zeros_like(state.num_shrinks),
+            bfgs_info=BfgsInfo(
+                num_skipped=info.num_skipped + fold.skipped.astype(jnp.int32),
+                num_resets=info.num_resets + reset.astype(jnp.int32),
+                num_nonfinite=info.num_nonfinite,
+            ),
+            linesearch_state=state.linesearch_state,
+        )
+        inner = inner_for(dtype)
+
+        def search(_: None) -> tuple[optax.Updates, BfgsState]:
+            kwargs = dict(extra_args)
+            if uses_linesearch:
+                kwargs.update(value=value, grad=grad, value_fn=value_fn)
+            step, ls_state = inner.update(
+                direction, state.linesearch_state, params, **kwargs
+            )
+            ls_state = optax.tree.cast_like(ls_state, state.linesearch_state)
+            step = optax.tree.cast_like(step, params)
+            # A non-finite step is no step; the next update then resets H.
+            step = _where(_all_finite(step), step, optax.tree.zeros_like(step))
+            return step, normal_state._replace(linesearch_state=_strong(ls_state))
+
+        def recover(_: None) -> tuple[optax.Updates, BfgsState]:
+            return _recover(state, params, s, dtype)
+
+        return jax.lax.cond(finite_now, search, recover, None)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _check_update_args(
+    uses_linesearch: bool, params: Any, value: Any, grad: Any, value_fn: Any
+) -> None:
+    if params is None:
+        raise TypeError(
+            f"{_CALL}: update needs params: call "
+            "update(grad, state, params, value=..., grad=..., value_fn=...)."
+        )
+    if not uses_linesearch:
+        return
+    missing = [
+        name
+        for name, arg in (("value", value), ("grad", grad), ("value_fn", value_fn))
+        if arg is None
+    ]
+    if missing:
+        raise TypeError(
+            f"{_CALL}: update is missing the keyword argument(s) "
+            f"{', '.join(missing)}: its line search evaluates the loss. Call "
+            "update(grad, state, params, value=value, grad=grad, "
+            "value_fn=loss_fn) with value, grad = "
+            "optax.value_and_grad_from_state(loss_fn)(params, state=state), "
+            "or use nnxopt.bfgs(learning_rate=...) for a fixed step."
+        )
+
+
+def _recover(
+    state: BfgsState, params: Any, s: jax.Array, dtype: jnp.dtype
+) -> tuple[optax.Updates, BfgsState]:
+    """Step back from a non-finite trial point, as ``nnxopt.lbfgs`` does.
+
+    Move to ``x_prev + s/2``; at the ``_MAX_SHRINKS``-th non-finite trial in a
+    row, back to ``x_prev`` with ``H = I`` and a shorter first step.
+    """
+    info = state.bfgs_info
+    num_shrinks = state.num_shrinks + 1
+    give_up = num_shrinks >= _MAX_SHRINKS
+    s_tree = optax.tree.sub(params, state.params)
+    back = _scale(jnp.where(give_up, -1, _SHRINK - 1).astype(dtype), s_tree)
+    usable = (state.count > 0) & jnp.all(jnp.isfinite(s))
+    back = _where(usable, back, optax.tree.zeros_like(back))
+    new_radius = jnp.minimum(1, _SHRINK * jnp.sqrt(s @ s)).astype(dtype)
+    ls_state = state.linesearch_state
+    if optax.tree.get(ls_state, "value") is not None:
+        # Makes optax.value_and_grad_from_state re-evaluate at the new point.
+        ls_state = optax.tree.set(
+            ls_state, value=jnp.full_like(optax.tree.get(ls_state, "value"), jnp.inf)
+        )
+    new_state = state._replace(
+        count=optax.safe_increment(state.count),
+        num_updates=jnp.where(give_up, 0, state.num_updates),
+        radius=jnp.where(give_up, new_radius, state.radius),
+        num_shrinks=jnp.where(give_up, 0, num_shrinks),
+        bfgs_info=info._replace(
+            num_resets=info.num_resets + give_up.astype(jnp.int32),
+            num_nonfinite=info.num_nonfinite + 1,
+        ),
+        linesearch_state=_strong(ls_state),
+    )
+    return optax.tree.cast_like(back, params), new_state
