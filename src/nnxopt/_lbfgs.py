@@ -10,16 +10,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ._memory import (
-    _all_finite,
-    _scale,
-    _vdot,
-    _where,
-    _zero_if,
-    new_memory,
-    two_loop_recursion,
-)
+from ._memory import new_memory, two_loop_recursion
+from ._memory import scale as _scale
+from ._memory import vdot as _vdot
+from ._memory import where as _where
+from ._memory import zero_if as _zero_if
 from ._status import SearchStatus
+from ._tree import all_finite as _all_finite
 
 __all__ = ["LbfgsInfo", "LbfgsState", "lbfgs", "two_loop_recursion"]
 

@@ -25,30 +25,25 @@ def new_memory(params: Any, m: int) -> Any:
     )
 
 
-def _vdot(x: Any, y: Any, dtype: jnp.dtype) -> jax.Array:
+def vdot(x: Any, y: Any, dtype: jnp.dtype) -> jax.Array:
     return optax.tree.real(optax.tree.vdot(x, y)).astype(dtype)
 
 
-def _all_finite(tree: Any) -> jax.Array:
-    leaves = jax.tree.leaves(tree)
-    return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in leaves]))
-
-
-def _axpy(a: jax.Array, x: Any, y: Any) -> Any:
+def axpy(a: jax.Array, x: Any, y: Any) -> Any:
     """Return ``a * x + y`` leaf-wise, keeping each leaf's dtype."""
     return jax.tree.map(lambda xi, yi: jnp.asarray(a, yi.dtype) * xi + yi, x, y)
 
 
-def _scale(a: jax.Array | float, x: Any) -> Any:
+def scale(a: jax.Array | float, x: Any) -> Any:
     return jax.tree.map(lambda xi: jnp.asarray(a, xi.dtype) * xi, x)
 
 
-def _zero_if(cond: jax.Array, weights: jax.Array) -> jax.Array:
+def zero_if(cond: jax.Array, weights: jax.Array) -> jax.Array:
     """Discard every stored pair (weights 0) when ``cond``; the buffers stay."""
     return jnp.where(cond, jnp.zeros_like(weights), weights)
 
 
-def _where(cond: jax.Array, x: Any, y: Any) -> Any:
+def where(cond: jax.Array, x: Any, y: Any) -> Any:
     return jax.tree.map(lambda xi, yi: jnp.where(cond, xi, yi), x, y)
 
 
@@ -91,18 +86,18 @@ def two_loop_recursion(
     def first_loop(q: Any, i: jax.Array) -> tuple[Any, jax.Array]:
         s, y = take(i)
         w = weights_memory[i]  # 0: an empty or discarded slot, skipped
-        alpha = jnp.where(w != 0, w * _vdot(s, q, dtype), 0)
-        return _axpy(-alpha, y, q), alpha
+        alpha = jnp.where(w != 0, w * vdot(s, q, dtype), 0)
+        return axpy(-alpha, y, q), alpha
 
     q, alphas = jax.lax.scan(first_loop, grad, newest_first)
-    r = _scale(identity_scale, q)
+    r = scale(identity_scale, q)
 
     def second_loop(r: Any, i_alpha: tuple[jax.Array, jax.Array]) -> tuple[Any, None]:
         i, alpha = i_alpha
         s, y = take(i)
         w = weights_memory[i]
-        beta = jnp.where(w != 0, w * _vdot(y, r, dtype), 0)
-        return _axpy(alpha - beta, s, r), None
+        beta = jnp.where(w != 0, w * vdot(y, r, dtype), 0)
+        return axpy(alpha - beta, s, r), None
 
     r, _ = jax.lax.scan(second_loop, r, (newest_first, alphas), reverse=True)
     return r
