@@ -144,7 +144,10 @@ def solve(
         *args: arrays (traced) and other values (static, hashable) for ``fun``.
         tx: any optax transform; ``None`` means ``nnxopt.lbfgs()``.
         gtol: gradient tolerance (infinity norm); default :func:`default_tols`.
-        ftol: relative-decrease tolerance; default :func:`default_tols`.
+        ftol: relative-decrease tolerance: stop when an accepted finite step
+            decreased the loss by a relative ``0 < decrease <= ftol`` (``0``
+            disables it); default :func:`default_tols`. A step that leaves the
+            loss unchanged is a failed line search, never convergence.
         maxiter: iterations of the whole solve (default 15000, scipy's).
         maxfev: loss evaluations of the whole solve (default 15000).
         has_aux: whether ``fun`` returns ``(loss, aux)``.
