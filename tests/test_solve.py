@@ -428,3 +428,63 @@ def test_a_search_at_a_wall_of_non_finite_values_reports_a_failure(name):
     failures = (SearchStatus.NON_FINITE, SearchStatus.LINESEARCH_FAILED)
     assert SearchStatus(int(status)) in failures
     np.testing.assert_array_equal(np.asarray(u), 0.0)  # the zero step
+
+
+def test_a_loss_returning_a_dict_is_rejected_with_the_fix():
+    def as_dict(p):
+        return {"loss": jnp.sum(p**2)}
+
+    with pytest.raises(TypeError, match=r"nnxopt\.solve: fun must return a real .*"
+                       r"it returned dict \{'loss'.*out\['loss'\]"):  # fmt: skip
+        solve(as_dict, jnp.ones(2))
+    with pytest.raises(TypeError, match=r"first item of \(loss, aux\).*returned dict"):
+        solve(lambda p: (as_dict(p), p), jnp.ones(2), has_aux=True)
+    model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+    opt = nnxopt.Optimizer(model, optax.sgd(0.1))
+    kept = nnx.state(model, nnx.Param)
+    with pytest.raises(TypeError, match=r"Optimizer\.minimize_step: loss_fn must"):
+        opt.minimize_step(model, lambda m: {"loss": jnp.sum(m.kernel[...] ** 2)})
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(model, nnx.Param), kept)
+
+
+class _Boom(Exception):
+    pass
+
+
+def test_a_callback_that_raises_stops_the_solve_and_reaches_the_user():
+    import traceback
+
+    def weighted(w):
+        return jnp.sum((w - jnp.arange(3.0)) ** 2 * jnp.asarray([1.0, 5.0, 9.0]))
+
+    def quadratic(m):
+        return weighted(m.w[...])
+
+    def cb(info):
+        if info.iteration == 2:
+            raise _Boom("from the user's callback")
+
+    model = WallModel()
+    with pytest.raises(_Boom, match="from the user's callback") as caught:
+        nnxopt.minimize(quadratic, model, callback=cb)
+    assert "raised by the callback after iteration 2" in caught.value.__notes__[0]
+    frames = [f.name for f in traceback.extract_tb(caught.value.__traceback__)]
+    assert "cb" in frames  # the user's own traceback
+    # The model holds the iterate the solve stopped at: a fresh 2-iteration solve.
+    reference = WallModel()
+    nnxopt.minimize(quadratic, reference, maxiter=2)
+    np.testing.assert_array_equal(
+        np.asarray(model.w[...]), np.asarray(reference.w[...])
+    )
+    with pytest.raises(_Boom):
+        solve(weighted, jnp.zeros(3), callback=cb)
+
+
+def test_a_loss_calling_float_on_a_traced_value_is_explained():
+    with pytest.raises(TypeError, match=r"nnxopt\.solve: fun turned a traced array"):
+        solve(lambda p: float(jnp.sum(p**2)), jnp.ones(2))
+    model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+    kept = nnx.state(model, nnx.Param)
+    with pytest.raises(TypeError, match=r"nnxopt\.minimize: loss_fn turned a traced"):
+        nnxopt.minimize(lambda m: float(jnp.sum(m.kernel[...] ** 2)), model)
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(model, nnx.Param), kept)

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from ._lbfgs import lbfgs
-from ._objective import unpack_loss
+from ._objective import explain_tracer_errors, unpack_loss
 from ._protocol import Capabilities, extra_args
 from ._status import Status
 from ._tree import all_finite, cast_like, inf_norm, lowest_precision, select, strong
@@ -238,7 +238,8 @@ class Solver:
     def _loss(self, x: PyTree, snapshot: PyTree, args: tuple, kwargs: dict) -> Any:
         if self.stateful:
             return self.fun(x, snapshot, *args, **kwargs)
-        return self.fun(x, *args, **kwargs)
+        with explain_tracer_errors(self.call, "fun"):
+            return self.fun(x, *args, **kwargs)
 
     def _split(self, out: Any) -> tuple[jax.Array, tuple[Any, PyTree]]:
         """``fun``'s output as ``(loss, (aux, written))``."""
