@@ -310,8 +310,9 @@ class Optimizer(nnx.Optimizer[M]):
           the rounding of those sums (relative ``~1e-7`` of ``sum(|x|)`` in
           float32) or crafted to cancel in both is not. Arrays holding NaN never
           match (always re-evaluated). The check costs one pass over the
-          parameters and the arguments (``python -m benchmarks.reuse_check``:
-          within the timing noise of a step on a 1.2k-parameter MLP). A transform
+          parameters and the arguments, fused into the step; ``python -m
+          benchmarks.reuse_check`` measures its share of a step on a
+          1.2k-parameter MLP on your machine. A transform
           that stores no value and gradient keeps nothing and checks nothing.
         - Non-trainable state (see the state-policy guide): line-search trials
           evaluate copies of the model on one snapshot of the non-``wrt`` state,
