@@ -1035,3 +1035,16 @@ def test_an_optimizer_of_another_model_is_rejected():
     with pytest.raises(ValueError, match=r"Optimizer.update: model does not match"):
         opt.update(other, grads, value=mse(other), value_fn=mse)
     assert_tree_close(raw_params(other), kept, 0.0)  # left untouched
+
+
+@pytest.mark.parametrize("make_tx", [lambda: optax.adam(1e-2), nnxopt.lbfgs])
+def test_grads_of_another_dtype_are_rejected(make_tx):
+    model = MLP(jnp.float32)
+    opt = nnxopt.Optimizer(model, make_tx(), wrt=nnx.Param)
+    kept = raw_params(model)
+    loss, grads = nnx.value_and_grad(mse)(model)
+    grads64 = jax.tree.map(lambda g: g.astype(jnp.float64), grads)
+    with pytest.raises(TypeError, match=r"Optimizer\.update: grads must have the "
+                       r"dtypes.*is float64 for a float32 parameter"):  # fmt: skip
+        opt.update(model, grads64, value=loss, value_fn=mse)
+    assert_tree_close(raw_params(model), kept, 0.0)

@@ -636,6 +636,23 @@ def _pure_grads(grads: Any, params: PyTree, wrt: Any, graph: Any, call: str) -> 
             "Differentiate with respect to the same filter, e.g. "
             "`nnx.grad(loss_fn, argnums=nnx.DiffState(0, wrt))(model)`."
         )
+    mismatched = [
+        (jax.tree_util.keystr(path), jnp.result_type(g), jnp.result_type(p))
+        for (path, g), p in zip(
+            jax.tree_util.tree_flatten_with_path(grads)[0], jax.tree.leaves(params)
+        )
+        if jnp.result_type(g) != jnp.result_type(p)
+    ]
+    if mismatched:
+        where, got, want = mismatched[0]
+        raise TypeError(
+            f"{call}: grads must have the dtypes of the parameters; grads{where} "
+            f"is {got} for a {want} parameter ({len(mismatched)} such leaves). "
+            "The optimizer state would change dtype (or, for line searches and "
+            f"L-BFGS, fail to trace). Cast them: `jax.tree.map(lambda g: "
+            f"g.astype(jnp.{want}), grads)`, or compute the loss in the "
+            "parameters' dtype."
+        )
     return grads
 
 
