@@ -932,3 +932,119 @@ def test_obj_fn_of_either_form_matches_nnx_optimizer():
         np.asarray(jax.tree.leaves(expected)[0]),
         np.asarray(jax.tree.leaves(raw_params(MLP()))[0]),
     )
+
+
+# -- reuse only where it is valid: the iterate and the arguments (issue 16) --
+
+COUNTER = Counter()
+
+
+def counted_mse(model, x, y):
+    """mse on (x, y), one count per evaluation (defined once: compiled once)."""
+    return COUNTER.tick(mse(model, x, y))
+
+
+def _searched(opt):
+    """Evaluations the last line search made (nnxopt.lbfgs's own fields)."""
+    return int(opt.opt_state.linesearch_state.info.num_value_evals[...])
+
+
+def _stepped_optimizer(x=X64, y=Y64, steps=3):
+    model = MLP()
+    opt = nnxopt.Optimizer(model, nnxopt.lbfgs(), wrt=nnx.Param)
+    for _ in range(steps):
+        opt.minimize_step(model, counted_mse, x, y)
+    return model, opt
+
+
+def test_minimize_step_reuses_while_nothing_changes():
+    model, opt = _stepped_optimizer()
+    before = COUNTER.read()
+    opt.minimize_step(model, counted_mse, X64, Y64)
+    # No evaluation of its own: exactly the line search's.
+    assert COUNTER.read() - before == _searched(opt)
+
+
+def test_minimize_step_re_evaluates_after_the_parameters_were_changed():
+    model, opt = _stepped_optimizer()
+    nnx.update(model, nnx.state(MLP(seed=1), nnx.Param))  # e.g. a checkpoint
+    edited = raw_params(model)
+    before = COUNTER.read()
+    loss = opt.minimize_step(model, counted_mse, X64, Y64)
+    # The loss at the edited point, by hand, not the stale stored one.
+    np.testing.assert_allclose(float(loss), float(raw_mse(edited)), rtol=RTOL64)
+    assert COUNTER.read() - before == _searched(opt) + 1
+    assert float(raw_mse(raw_params(model))) < float(raw_mse(edited))
+    # A manual edit of one weight is seen too.
+    model.l2.bias[...] = model.l2.bias[...] + 3.0
+    edited = raw_params(model)
+    loss = opt.minimize_step(model, counted_mse, X64, Y64)
+    np.testing.assert_allclose(float(loss), float(raw_mse(edited)), rtol=RTOL64)
+
+
+def test_minimize_step_re_evaluates_on_new_arguments():
+    model, opt = _stepped_optimizer()
+    x2, y2 = 2.0 * X64, Y64 + 5.0  # a new batch of the same shapes
+    start = raw_params(model)
+    before = COUNTER.read()
+    loss = opt.minimize_step(model, counted_mse, x2, y2)
+    np.testing.assert_allclose(float(loss), float(raw_mse(start, x2, y2)), rtol=RTOL64)
+    assert COUNTER.read() - before == _searched(opt) + 1
+    # One element changed is a new batch too.
+    y3 = y2.at[3, 0].add(1e-3)
+    start = raw_params(model)
+    loss = opt.minimize_step(model, counted_mse, x2, y3)
+    np.testing.assert_allclose(float(loss), float(raw_mse(start, x2, y3)), rtol=RTOL64)
+
+
+def test_minimize_step_re_evaluates_after_update_and_a_new_loss_function():
+    model, opt = _stepped_optimizer()
+
+    @nnx.jit
+    def own_step(model, opt):  # a step of update()'s own, as in flax code
+        loss, grads = nnx.value_and_grad(mse)(model)
+        opt.update(model, grads, value=loss, value_fn=mse)
+
+    own_step(model, opt)
+    start = raw_params(model)
+    loss = opt.minimize_step(model, counted_mse, X64, Y64)
+    np.testing.assert_allclose(float(loss), float(raw_mse(start)), rtol=RTOL64)
+
+    def doubled(m, x, y):
+        return 2.0 * mse(m, x, y)
+
+    start = raw_params(model)
+    loss = opt.minimize_step(model, doubled, X64, Y64)
+    np.testing.assert_allclose(float(loss), 2 * float(raw_mse(start)), rtol=RTOL64)
+
+
+def test_an_optimizer_of_another_model_is_rejected():
+    _, opt = _stepped_optimizer(steps=1)
+
+    class Wider(MLP):
+        def __init__(self):
+            super().__init__()
+            self.l1 = nnx.Linear(2, 5, param_dtype=jnp.float64, rngs=nnx.Rngs(1))
+            self.l2 = nnx.Linear(5, 1, param_dtype=jnp.float64, rngs=nnx.Rngs(1))
+
+    other = Wider()
+    kept = raw_params(other)
+    with pytest.raises(ValueError, match=r"Optimizer.minimize_step: model does not"):
+        opt.minimize_step(other, counted_mse, X64, Y64)
+    grads = nnx.grad(mse)(other)
+    with pytest.raises(ValueError, match=r"Optimizer.update: model does not match"):
+        opt.update(other, grads, value=mse(other), value_fn=mse)
+    assert_tree_close(raw_params(other), kept, 0.0)  # left untouched
+
+
+@pytest.mark.parametrize("make_tx", [lambda: optax.adam(1e-2), nnxopt.lbfgs])
+def test_grads_of_another_dtype_are_rejected(make_tx):
+    model = MLP(jnp.float32)
+    opt = nnxopt.Optimizer(model, make_tx(), wrt=nnx.Param)
+    kept = raw_params(model)
+    loss, grads = nnx.value_and_grad(mse)(model)
+    grads64 = jax.tree.map(lambda g: g.astype(jnp.float64), grads)
+    with pytest.raises(TypeError, match=r"Optimizer\.update: grads must have the "
+                       r"dtypes.*is float64 for a float32 parameter"):  # fmt: skip
+        opt.update(model, grads64, value=loss, value_fn=mse)
+    assert_tree_close(raw_params(model), kept, 0.0)

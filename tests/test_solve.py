@@ -334,3 +334,157 @@ def test_search_status_has_its_own_enum_and_old_names_warn():
     assert not Status.INTERRUPTED.success and "Ctrl-C" in Status.INTERRUPTED.message
     # The failure codes a solve reports are the search's own.
     assert SearchStatus.LINESEARCH_FAILED == Status.LINESEARCH_FAILED
+
+
+# ---------------------------------------------------------------------------
+# Never success at a wrong point: a loss that is NaN beyond a wall (issue 16).
+# f(w) = sum((w - 5)^2) where every w <= 3, NaN elsewhere, from w = 0: the
+# feasible minimum is at the wall, where |grad f|_inf = 4, so no solve may
+# report convergence there. float32 is where backtracking used to stop with
+# CONVERGED_FTOL: its tiny steps at the wall leave the loss unchanged.
+
+WALL = 3.0
+
+
+def nan_wall(p):
+    w = p["w"]
+    return jnp.where(jnp.all(w <= WALL), jnp.sum((w - 5.0) ** 2), jnp.nan)
+
+
+def _hand_grad_norm(w):
+    return float(np.max(np.abs(2.0 * (np.asarray(w, np.float64) - 5.0))))
+
+
+WALL_TX = {
+    "backtracking": lambda: optax.chain(
+        optax.sgd(1.0), nnxopt.linesearch.backtracking()
+    ),
+    "zoom": lambda: optax.chain(optax.sgd(1.0), nnxopt.linesearch.zoom()),
+    "hager_zhang": lambda: optax.chain(optax.sgd(1.0), nnxopt.linesearch.hager_zhang()),
+    "more_thuente": lambda: optax.chain(
+        optax.sgd(1.0), nnxopt.linesearch.more_thuente()
+    ),
+    "lbfgs": lambda: None,
+    "lbfgs+backtracking": lambda: nnxopt.lbfgs(
+        linesearch=nnxopt.linesearch.backtracking()
+    ),
+}
+
+
+def _check_wall_outcome(success, grad_norm, fun, w, values):
+    gtol = nnxopt.default_tols(jnp.float32)[0]
+    w = np.asarray(w)
+    assert np.isfinite(w).all() and (w <= WALL).all()
+    # The reported point, by hand: its loss, and success only if gtol holds.
+    np.testing.assert_allclose(float(fun), float(np.sum((w - 5.0) ** 2)), rtol=1e-6)
+    assert _hand_grad_norm(w) > 3.9  # at (or next to) the wall
+    assert not success or _hand_grad_norm(w) <= gtol
+    assert not success
+    # The best finite point seen: no accepted iterate below the returned one.
+    assert float(fun) <= np.nanmin(np.asarray(values))
+
+
+@pytest.mark.parametrize("name", list(WALL_TX))
+def test_nan_wall_is_never_reported_as_convergence_by_solve(name):
+    sol = solve(nan_wall, {"w": jnp.zeros(3, jnp.float32)}, tx=WALL_TX[name]())
+    values = sol.history.trim().value
+    _check_wall_outcome(sol.success, sol.grad_norm, sol.fun, sol.params["w"], values)
+
+
+class WallModel(nnx.Module):
+    def __init__(self):
+        self.w = nnx.Param(jnp.zeros(3, jnp.float32))
+
+
+@pytest.mark.parametrize("name", ["backtracking", "lbfgs"])
+def test_nan_wall_is_never_reported_as_convergence_by_minimize(name):
+    model = WallModel()
+    res = nnxopt.minimize(
+        lambda m: nan_wall({"w": m.w[...]}), model, tx=WALL_TX[name]()
+    )
+    values = res.history.trim().value
+    _check_wall_outcome(res.success, res.grad_norm, res.fun, model.w[...], values)
+
+
+@pytest.mark.parametrize(
+    "name", ["backtracking", "zoom", "hager_zhang", "more_thuente"]
+)
+def test_a_search_at_a_wall_of_non_finite_values_reports_a_failure(name):
+    search = getattr(nnxopt.linesearch, name)()
+    w = jnp.full(3, WALL, jnp.float32)  # every step along -grad crosses the wall
+
+    @jax.jit
+    def one(w):
+        def f(x):
+            return nan_wall({"w": x})
+
+        v, g = jax.value_and_grad(f)(w)
+        u, s = search.update(-g, search.init(w), w, value=v, grad=g, value_fn=f)
+        return u, s.status
+
+    u, status = one(w)
+    # Trials too small to move w off the wall in float32 are finite, with no
+    # decrease: LINESEARCH_FAILED; without them, NON_FINITE. Never SUCCESS.
+    failures = (SearchStatus.NON_FINITE, SearchStatus.LINESEARCH_FAILED)
+    assert SearchStatus(int(status)) in failures
+    np.testing.assert_array_equal(np.asarray(u), 0.0)  # the zero step
+
+
+def test_a_loss_returning_a_dict_is_rejected_with_the_fix():
+    def as_dict(p):
+        return {"loss": jnp.sum(p**2)}
+
+    with pytest.raises(TypeError, match=r"nnxopt\.solve: fun must return a real .*"
+                       r"it returned dict \{'loss'.*out\['loss'\]"):  # fmt: skip
+        solve(as_dict, jnp.ones(2))
+    with pytest.raises(TypeError, match=r"first item of \(loss, aux\).*returned dict"):
+        solve(lambda p: (as_dict(p), p), jnp.ones(2), has_aux=True)
+    model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+    opt = nnxopt.Optimizer(model, optax.sgd(0.1))
+    kept = nnx.state(model, nnx.Param)
+    with pytest.raises(TypeError, match=r"Optimizer\.minimize_step: loss_fn must"):
+        opt.minimize_step(model, lambda m: {"loss": jnp.sum(m.kernel[...] ** 2)})
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(model, nnx.Param), kept)
+
+
+class _Boom(Exception):
+    pass
+
+
+def test_a_callback_that_raises_stops_the_solve_and_reaches_the_user():
+    import traceback
+
+    def weighted(w):
+        return jnp.sum((w - jnp.arange(3.0)) ** 2 * jnp.asarray([1.0, 5.0, 9.0]))
+
+    def quadratic(m):
+        return weighted(m.w[...])
+
+    def cb(info):
+        if info.iteration == 2:
+            raise _Boom("from the user's callback")
+
+    model = WallModel()
+    with pytest.raises(_Boom, match="from the user's callback") as caught:
+        nnxopt.minimize(quadratic, model, callback=cb)
+    assert "raised by the callback after iteration 2" in caught.value.__notes__[0]
+    frames = [f.name for f in traceback.extract_tb(caught.value.__traceback__)]
+    assert "cb" in frames  # the user's own traceback
+    # The model holds the iterate the solve stopped at: a fresh 2-iteration solve.
+    reference = WallModel()
+    nnxopt.minimize(quadratic, reference, maxiter=2)
+    np.testing.assert_array_equal(
+        np.asarray(model.w[...]), np.asarray(reference.w[...])
+    )
+    with pytest.raises(_Boom):
+        solve(weighted, jnp.zeros(3), callback=cb)
+
+
+def test_a_loss_calling_float_on_a_traced_value_is_explained():
+    with pytest.raises(TypeError, match=r"nnxopt\.solve: fun turned a traced array"):
+        solve(lambda p: float(jnp.sum(p**2)), jnp.ones(2))
+    model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+    kept = nnx.state(model, nnx.Param)
+    with pytest.raises(TypeError, match=r"nnxopt\.minimize: loss_fn turned a traced"):
+        nnxopt.minimize(lambda m: float(jnp.sum(m.kernel[...] ** 2)), model)
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(model, nnx.Param), kept)

@@ -182,6 +182,7 @@ class HostRun:
 
     callback: Callable[[MinimizeInfo], Any] | None = None
     bar: Any = None
+    error: Exception | None = None
 
 
 RUNS: dict[int, HostRun] = {}
@@ -214,7 +215,16 @@ def _on_host(run_id, accept, nit, f, gn, lr, nfev) -> np.bool_:
             loss=f"{info.value:.4e}", gnorm=f"{info.grad_norm:.2e}", refresh=False
         )
         run.bar.update(1)
-    stop = bool(run.callback(info)) if run.callback is not None else False
+    if run.callback is None:
+        return np.bool_(False)
+    # An exception cannot cross the compiled loop intact (it would surface as
+    # an XLA runtime error): keep it, stop the solve, and let the caller
+    # re-raise it on the host once the loop has returned.
+    try:
+        stop = bool(run.callback(info))
+    except Exception as error:
+        run.error = error
+        return np.bool_(True)
     return np.bool_(stop)
 
 

@@ -148,7 +148,9 @@ def minimize(
         has_aux: whether ``loss_fn`` returns ``(loss, aux)``; ``result.aux`` is the
             aux at the returned point.
         callback: ``callback(info: MinimizeInfo)`` called on the host after each
-            accepted iteration; returning ``True`` stops the solve.
+            accepted iteration; returning ``True`` stops the solve. If it
+            raises, the solve stops there, the model is updated to the point
+            it stopped at, and the exception is re-raised (with a note).
         progress: show a tqdm progress bar with the loss and gradient norm
             (needs the ``progress`` extra: ``pip install 'nnxopt[progress]'``).
         graph: NNX graph mode (``True``), tree mode (``False``) or the default.
@@ -193,12 +195,18 @@ def minimize(
         maxiter,
         prepare=_Prepare(objective),
     )
-    sol, written, counts = launch(
+    sol, written, counts, error = launch(
         make, params, state, dynamic,
         call=_CALL, gtol=gtol, ftol=ftol, maxiter=maxiter, maxfev=maxfev,
         callback=callback, progress=progress,
     )  # fmt: skip
     nnx.update(model, sol.params, rest if written is None else written)
+    if error is not None:
+        error.add_note(
+            f"{_CALL}: raised by the callback after iteration {int(sol.nit)}; "
+            "the solve stopped there and the model holds its parameters."
+        )
+        raise error
     # One device-to-host transfer for all the integer fields, not one each.
     counts = np.asarray(counts)
     status = Status(int(counts[0]))

@@ -14,14 +14,16 @@ and the caller decides what to commit (exactly once per iteration).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import weakref
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 PyTree = Any
@@ -60,11 +62,13 @@ class Objective:
         """Return ``(loss, (aux, new_rest))`` at ``params`` without touching ``rest``."""
         if isinstance(self.loss_fn, StatedForm) and self.loss_fn.form == "state":
             # flax's form: a function of the wrt state; it cannot write `rest`
-            out = self.loss_fn.fn(params, *args, **(kwargs or {}))
+            with explain_tracer_errors(self.call, "loss_fn"):
+                out = self.loss_fn.fn(params, *args, **(kwargs or {}))
             loss, aux = self._unpack(out)
             return loss, (aux, rest)
         model = self.merge(params, rest)
-        out = self.loss_fn(model, *args, **(kwargs or {}))
+        with explain_tracer_errors(self.call, "loss_fn"):
+            out = self.loss_fn(model, *args, **(kwargs or {}))
         loss, aux = self._unpack(out)
         _, _, *others = nnx.split(model, self.wrt, ..., graph=self.graph)
         new_rest = others[0]
@@ -116,6 +120,28 @@ class Objective:
         return unpack_loss(self.call, out, self.has_aux, "loss_fn")
 
 
+@contextlib.contextmanager
+def explain_tracer_errors(call: str, name: str) -> Iterator[None]:
+    """Turn JAX's error for a traced value made concrete (``float(x)``,
+    ``if x:``) inside the user's loss into one that says what to do."""
+    try:
+        yield
+    except jax.errors.ConcretizationTypeError as err:
+        raise TypeError(
+            f"{call}: {name} turned a traced array into a Python value "
+            f"({type(err).__name__}: float(), int(), bool(), `if x:` or "
+            "np.asarray on an array). nnxopt compiles the loss with jax, so "
+            "inside it values are traced: compute with jnp, use jnp.where for "
+            "branches and return the array; call float() on the result "
+            "outside the loss."
+        ) from err
+
+
+def _is_number(x: Any) -> bool:
+    """A Python or NumPy number or array (not a container of them)."""
+    return isinstance(x, int | float | complex | np.ndarray | np.generic)
+
+
 def unpack_loss(call: str, out: Any, has_aux: bool, name: str) -> tuple[jax.Array, Any]:
     """Split a loss function's output into ``(loss, aux)``, checking it (trace time).
 
@@ -140,6 +166,14 @@ def unpack_loss(call: str, out: Any, has_aux: bool, name: str) -> tuple[jax.Arra
                 "it must return a scalar loss. If the extra items are auxiliary "
                 "outputs, return `(loss, aux)` and pass has_aux=True."
             )
+    if not (isinstance(loss, jax.Array) or _is_number(loss)):
+        raise TypeError(
+            f"{call}: {name} must return a real floating-point scalar"
+            f"{' as the first item of (loss, aux)' if has_aux else ''}; it "
+            f"returned {_describe(loss)}. Return the "
+            "loss itself (e.g. `out['loss']`); to also return other values, "
+            "return `(loss, aux)` and pass has_aux=True."
+        )
     loss = jnp.asarray(loss) if not isinstance(loss, jax.Array) else loss
     if loss.shape != () or not jnp.issubdtype(loss.dtype, jnp.floating):
         raise ValueError(

@@ -144,12 +144,17 @@ def solve(
         *args: arrays (traced) and other values (static, hashable) for ``fun``.
         tx: any optax transform; ``None`` means ``nnxopt.lbfgs()``.
         gtol: gradient tolerance (infinity norm); default :func:`default_tols`.
-        ftol: relative-decrease tolerance; default :func:`default_tols`.
+        ftol: relative-decrease tolerance: stop when an accepted finite step
+            decreased the loss by a relative ``0 < decrease <= ftol`` (``0``
+            disables it); default :func:`default_tols`. A step that leaves the
+            loss unchanged is a failed line search, never convergence.
         maxiter: iterations of the whole solve (default 15000, scipy's).
         maxfev: loss evaluations of the whole solve (default 15000).
         has_aux: whether ``fun`` returns ``(loss, aux)``.
         callback: ``callback(info: MinimizeInfo)`` after each accepted
-            iteration, on the host; returning ``True`` stops the solve.
+            iteration, on the host; returning ``True`` stops the solve. If it
+            raises, the solve stops there and the exception is re-raised
+            after the loop (with a note naming the iteration).
         progress: show a tqdm progress bar (the ``progress`` extra).
         state: a ``Solution.state`` to resume from; ``params`` must then have
             the structure, shapes and dtypes of ``state.params``, whose values
@@ -188,11 +193,18 @@ def solve(
         static,
         maxiter,
     )
-    solution, _, _ = launch(
+    solution, _, _, error = launch(
         run, params, state, dynamic,
         call=_CALL, gtol=gtol, ftol=ftol, maxiter=maxiter, maxfev=maxfev,
         callback=callback, progress=progress,
     )  # fmt: skip
+    if error is not None:
+        error.add_note(
+            f"{_CALL}: raised by the callback after iteration "
+            f"{int(solution.nit)}; the solve stopped there (pass state= of an "
+            "earlier solution to resume)."
+        )
+        raise error
     return solution
 
 
@@ -316,9 +328,11 @@ def launch(
     maxfev: int | None,
     callback: Any,
     progress: bool,
-) -> tuple[Solution, PyTree, Any]:
+) -> tuple[Solution, PyTree, Any, Exception | None]:
     """Validate, then run the compiled solve with its host side (callback,
-    progress bar, Ctrl-C) around it; return ``(solution, written, counts)``."""
+    progress bar, Ctrl-C) around it; return ``(solution, written, counts,
+    error)``, ``error`` being the exception the callback raised (the solve
+    stopped there with ``CALLBACK_STOP``; the caller re-raises it)."""
     check_options(call, gtol, ftol, maxiter, maxfev)
     if callback is not None and not callable(callback):
         raise TypeError(
@@ -363,7 +377,7 @@ def launch(
             nfev=nfev, njev=state.njev, success=success, status=state.status,
             aux=aux, history=history,
         )  # fmt: skip
-        return solution, written, counts
+        return solution, written, counts, _loop.RUNS[int(run_id)].error
     finally:
         _loop.RUNS.pop(int(run_id), None)
         if bar is not None:

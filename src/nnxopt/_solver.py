@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from ._lbfgs import lbfgs
-from ._objective import unpack_loss
+from ._objective import explain_tracer_errors, unpack_loss
 from ._protocol import Capabilities, extra_args
 from ._status import Status
 from ._tree import all_finite, cast_like, inf_norm, lowest_precision, select, strong
@@ -42,8 +42,9 @@ def default_tols(dtype: Any) -> tuple[float, float]:
 
     float64 uses scipy's L-BFGS-B defaults: ``gtol=1e-5`` and ``ftol = factr *
     eps64`` with ``factr=1e7`` (about ``2.2e-9``). float32 keeps ``gtol=1e-5``
-    and uses ``ftol=0``: the solve stops on the gradient, or when an accepted
-    step does not decrease the loss at all (the float32 floor). The relative
+    and uses ``ftol=0`` (no ``ftol`` test): the solve stops on the gradient, or
+    with ``LINESEARCH_FAILED`` when accepted steps no longer change the loss at
+    all (the float32 floor; ``ftol`` convergence needs a step that decreased it). The relative
     decrease is divided by ``max(|f_k|, |f_{k+1}|, 1)``, so below a loss of 1
     ``ftol`` bounds an *absolute* decrease, which float32 resolves far below
     ``2.2e-9`` for small losses: with ``ftol=2.2e-9`` a float32 PINN solve stopped
@@ -237,7 +238,8 @@ class Solver:
     def _loss(self, x: PyTree, snapshot: PyTree, args: tuple, kwargs: dict) -> Any:
         if self.stateful:
             return self.fun(x, snapshot, *args, **kwargs)
-        return self.fun(x, *args, **kwargs)
+        with explain_tracer_errors(self.call, "fun"):
+            return self.fun(x, *args, **kwargs)
 
     def _split(self, out: Any) -> tuple[jax.Array, tuple[Any, PyTree]]:
         """``fun``'s output as ``(loss, (aux, written))``."""
@@ -389,17 +391,22 @@ class Solver:
         finite = all_finite(x) & jnp.isfinite(f) & all_finite(g)
         lr = caps.learning_rate(opt_state, state.params, dtype)
         failed = caps.failed(opt_state, state.params, lr, f_ls, state.value)
-        fails = jnp.where(failed, state.num_fails + 1, 0).astype(_INT)
         accept = finite & ~failed
+        # A search step that leaves the loss exactly unchanged made no progress
+        # (a tiny step against a wall of non-finite values, or the floor of the
+        # precision): it counts towards LINESEARCH_FAILED and is never ftol
+        # convergence, which needs a finite step that decreased the loss.
+        stalled = accept & (f_ls == state.value) if caps.search else False
+        fails = jnp.where(failed | stalled, state.num_fails + 1, 0).astype(_INT)
         nit = state.nit + accept.astype(_INT)
         scale = jnp.maximum(jnp.maximum(jnp.abs(state.value), jnp.abs(f_ls)), 1)
         rel = (state.value - f_ls) / scale
         status = first_status(
             (~finite, Status.NON_FINITE),
-            (fails >= caps.retries, Status.LINESEARCH_FAILED),
             (accept & (gn <= gtol), Status.CONVERGED_GTOL),
+            (fails >= caps.retries, Status.LINESEARCH_FAILED),
             (
-                accept & (rel >= 0) & (rel <= ftol) if caps.search else False,
+                accept & (f_ls < state.value) & (rel <= ftol) if caps.search else False,
                 Status.CONVERGED_FTOL,
             ),
             (nit >= maxiter, Status.MAX_ITER),

@@ -60,7 +60,10 @@ def _search(prob: Problem, c1, factor, max_steps) -> Outcome:
         v, aux = prob.evaluate_value(c.alpha)
         finite = jnp.isfinite(v)
         # A non-finite value fails this test too, so it is shrunk away from.
-        armijo = finite & (v <= f0 + c1 * c.alpha * g0)
+        # The test implies v < f0; once c1 * alpha * g0 rounds away against f0
+        # (a tiny step, e.g. next to a wall of non-finite values), v == f0
+        # would pass without any decrease: require it explicitly.
+        armijo = finite & (v <= f0 + c1 * c.alpha * g0) & (v < f0)
         better = finite & (v < c.best_value)
         return _Carry(
             alpha=jnp.where(armijo, c.alpha, factor * c.alpha),

@@ -1,0 +1,136 @@
+"""Cost of ``minimize_step``'s staleness check, as a share of one step.
+
+``Optimizer.minimize_step`` reuses the value and gradient its line search
+stored only if the model's ``wrt`` parameters equal the stored iterate and the
+arguments' fingerprint is unchanged. This times the compiled step of an
+L-BFGS iteration on the ~1.2k-parameter MLP of ``benchmarks.step_overhead``
+(width 32, 256 points) with the check and with the check replaced by constants
+(the reuse decision the step made before the check existed), interleaved in one
+process; both reuse on every step, so they differ by the check alone.
+
+    python -m benchmarks.reuse_check [--steps 300] [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import time
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+import nnxopt
+from nnxopt import _optimizer
+from nnxopt._objective import Objective, split_model
+
+from .step_overhead import MLP, data
+
+
+def loss_fn(model, x, y):
+    return jnp.mean((model(x) - y) ** 2)
+
+
+def compiled_step(model, opt, checked: bool):
+    """The jitted pure step and its inputs, traced with or without the check."""
+    graphdef, params, rest = split_model(model, nnx.Param, None, "bench")
+    objective = Objective(graphdef, nnx.Param, loss_fn, False, None, "bench")
+    x, y = data()
+    static = _optimizer._partition(((x, y), {}))[1]
+    fn = functools.partial(_optimizer._step, opt.tx, objective, static)
+    patches = []
+    if not checked:
+        patches = [
+            mock.patch.object(
+                _optimizer, "fingerprint", lambda key, trees, dtype: jnp.zeros(3, dtype)
+            ),
+            mock.patch.object(_optimizer, "_tree_equal", lambda a, b: True),
+        ]
+    for p in patches:
+        p.start()
+    try:
+        state = (params, rest, nnx.as_pure(opt.opt_state), nnx.as_pure(opt.reuse_key))
+        jitted = jax.jit(fn).lower(*state, [x, y]).compile()
+    finally:
+        for p in patches:
+            p.stop()
+    return jitted, state, [x, y]
+
+
+def run(jitted, state, dynamic, steps: int) -> tuple[float, tuple]:
+    params, rest, opt_state, key = state
+    out = None
+    start = time.perf_counter()
+    for _ in range(steps):
+        params, rest, opt_state, key, loss, _, _ = jitted(
+            params, rest, opt_state, key, dynamic
+        )
+        out = loss
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / steps, (params, rest, opt_state, key)
+
+
+def check_alone(state, dynamic, steps: int, rounds: int) -> float:
+    """Median time of the check as a compiled call of its own."""
+    params, rest, _, key = state
+
+    @jax.jit
+    def check(params, rest, key, dynamic):
+        fp = _optimizer.fingerprint(0, (dynamic, rest), key.fingerprint.dtype)
+        same = _optimizer._tree_equal(params, key.params)
+        return same & jnp.all(fp == key.fingerprint)
+
+    jax.block_until_ready(check(params, rest, key, dynamic))
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(steps):
+            out = check(params, rest, key, dynamic)
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - start) / steps)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+
+    model = MLP(32)
+    n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    opt = nnxopt.Optimizer(model, optax.lbfgs(), wrt=nnx.Param)
+    x, y = data()
+    for _ in range(3):  # a stored value and gradient to reuse
+        opt.minimize_step(model, loss_fn, x, y)
+    # Both run from the same state, the unchecked variant with its constant key.
+    with_check = compiled_step(model, opt, True)
+    state = with_check[1]
+    key = _optimizer.ReuseKey(state[3].params, jnp.zeros_like(state[3].fingerprint))
+    without = compiled_step(model, opt, False)
+    without = (without[0], (*state[:3], key), without[2])
+
+    times: dict[str, list[float]] = {"check": [], "no check": []}
+    for _ in range(args.rounds):
+        for name, (jitted, s, dyn) in (("check", with_check), ("no check", without)):
+            run(jitted, s, dyn, 5)  # warm
+            t, _ = run(jitted, s, dyn, args.steps)
+            times[name].append(t)
+    on, off = statistics.median(times["check"]), statistics.median(times["no check"])
+    alone = check_alone(state, with_check[2], args.steps, args.rounds)
+    print(f"MLP 1-32-32-1: {n} parameters, 256 points, optax.lbfgs, {jax.devices()[0]}")
+    print(f"step with check    : {on * 1e6:8.1f} us (median of {args.rounds})")
+    print(f"step without check : {off * 1e6:8.1f} us")
+    print(f"check cost         : {100 * (on - off) / off:+.1f}% of a step")
+    print(
+        f"check alone        : {alone * 1e6:8.1f} us = {100 * alone / off:.1f}% of a "
+        "step (its own compiled call: an upper bound, dispatch included)"
+    )
+
+
+if __name__ == "__main__":
+    main()
