@@ -104,6 +104,7 @@ def test_sigint_stops_solve_and_minimize(tmp_path):
             stderr=err,
             text=True,
             env=env,
+            preexec_fn=_default_sigint,
         )
         try:
             _check(proc, _reader(proc))
@@ -113,16 +114,14 @@ def test_sigint_stops_solve_and_minimize(tmp_path):
     assert "KeyboardInterrupt" in (tmp_path / "stderr").read_text()
 
 
-#: Wait after the child's "ready" before Ctrl-C, so that the signal lands inside
-#: the solve (whose run lasts minutes). With 0.5 s, on a loaded 2-core machine,
-#: a SIGINT once arrived while the child was still setting the call up, before
-#: nnxopt's handler was installed, and the default KeyboardInterrupt was
-#: swallowed by a finalizer: the solve then ran on.
-SETTLE_SECONDS = 3.0
+def _default_sigint():
+    # pytest-xdist's workers ignore SIGINT, and an ignored signal stays ignored
+    # in a child: give the child a terminal's default disposition.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _interrupt(proc, times=1):
-    time.sleep(SETTLE_SECONDS)  # inside the compiled loop
+    time.sleep(0.5)  # inside the compiled loop
     start = time.perf_counter()
     for _ in range(times):
         proc.send_signal(signal.SIGINT)
