@@ -23,12 +23,17 @@ def _load_example():
     return module
 
 
-def test_resume_in_a_new_process_matches_one_call(tmp_path):
+def test_resume_in_a_new_process_matches_one_call(tmp_path, capsys):
     pytest.importorskip("orbax.checkpoint")
+    ex = _load_example()
+    # The example's two halves: save here (this process has JAX warm), resume
+    # in a new process running the example script, as a user would.
+    ex.save(tmp_path)
+    saved = capsys.readouterr().out
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
     proc = subprocess.run(
-        [sys.executable, str(EXAMPLE), "--dir", str(tmp_path)],
+        [sys.executable, str(EXAMPLE), "resume", str(tmp_path)],
         env=env,
         capture_output=True,
         text=True,
@@ -37,10 +42,11 @@ def test_resume_in_a_new_process_matches_one_call(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     found = dict(
         (m[0], (int(m[1]), int(m[2]), float(m[3])))
-        for m in re.findall(r"(\w+) nit=(\d+) nfev=(\d+) fun=(\S+)", proc.stdout)
+        for m in re.findall(
+            r"(\w+) nit=(\d+) nfev=(\d+) fun=(\S+)", saved + proc.stdout
+        )
     )
     assert found["saved"][0] == 20
-    ex = _load_example()
     model = ex.MLP(ex.nnx.Rngs(0))
     whole = ex.nnxopt.minimize(ex.loss_fn, model, *ex.data(), maxiter=40)
     assert whole.nit == 40  # still descending: the resume did real work

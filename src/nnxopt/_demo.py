@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +23,7 @@ from flax import nnx
 from ._bfgs import bfgs
 from ._handoff import adam_then_lbfgs
 from ._lbfgs import lbfgs
-from ._minimize import MinimizeResult
+from ._minimize import MinimizeResult, minimize
 
 
 class PINN(nnx.Module):
@@ -65,6 +66,17 @@ _SOLVERS: dict[str, tuple[str, Callable[[], Any]]] = {
 }
 
 
+def _solver_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    unknown = [name for name in names if name not in _SOLVERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown solver {', '.join(unknown)!s}; choose from "
+            f"{', '.join(sorted(_SOLVERS))} (comma-separated)"
+        )
+    return names
+
+
 def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the demo with command-line ``argv``; return the table rows."""
     parser = argparse.ArgumentParser(
@@ -82,10 +94,12 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument(
         "--solver",
-        choices=sorted(_SOLVERS),
-        default="lbfgs",
+        type=_solver_list,
+        default=["lbfgs"],
+        metavar="{" + ",".join(sorted(_SOLVERS)) + "}[,...]",
         help="second phase: nnxopt.lbfgs (default), nnxopt.bfgs, or its "
-        "self-scaled BFGS / Broyden variants (docs/choosing_a_solver.md)",
+        "self-scaled BFGS / Broyden variants (docs/choosing_a_solver.md); "
+        "several, comma-separated, each start from the point Adam reached",
     )
     parser.add_argument("--out", default="nnxopt_demo.png", help="plot path")
     parser.add_argument("--no-plot", action="store_true", help="skip the plot")
@@ -108,6 +122,13 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         f"{points} collocation points, {jnp.dtype(dtype).name}"
     )
     errors: list[float] = []
+    handoff: list[Any] = []
+
+    def between(m: Any, _: MinimizeResult) -> None:
+        errors.append(relative_l2_error(m, dtype))
+        handoff.append(nnx.clone(m))  # the start of every other --solver
+
+    first, *others = args.solver
     out = adam_then_lbfgs(
         pinn_loss,
         model,
@@ -115,18 +136,27 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         xb,
         adam=optax.adam(1e-2),
         adam_steps=adam_steps,
-        tx=_SOLVERS[args.solver][1](),
+        tx=_SOLVERS[first][1](),
         maxiter=lbfgs_steps,
         progress=progress,
-        between=lambda m, _: errors.append(relative_l2_error(m, dtype)),
+        between=between,
     )
     errors.append(relative_l2_error(model, dtype))
-    results = [out.adam, out.lbfgs]
+    phases = [
+        ("adam(1e-2)", out.adam, out.adam_seconds),
+        (_SOLVERS[first][0], out.lbfgs, out.lbfgs_seconds),
+    ]
+    for name in others:
+        member = nnx.clone(handoff[0])
+        start = time.perf_counter()
+        result = minimize(
+            pinn_loss, member, xs, xb, tx=_SOLVERS[name][1](),
+            maxiter=lbfgs_steps, progress=progress,
+        )  # fmt: skip
+        phases.append((_SOLVERS[name][0], result, time.perf_counter() - start))
+        errors.append(relative_l2_error(member, dtype))
     rows: list[dict[str, Any]] = []
-    for phase, result, seconds, error in (
-        ("adam(1e-2)", out.adam, out.adam_seconds, errors[0]),
-        (_SOLVERS[args.solver][0], out.lbfgs, out.lbfgs_seconds, errors[1]),
-    ):
+    for (phase, result, seconds), error in zip(phases, errors):
         rows.append(
             dict(
                 phase=phase,
@@ -140,6 +170,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         )
     _print_table(rows)
     if not args.no_plot:
+        results = [result for _, result, _ in phases]
         path = _plot(results, [str(r["phase"]) for r in rows], args.out)
         if path:
             print(f"convergence plot: {path}")
@@ -182,14 +213,17 @@ def _plot(results: list[MinimizeResult], names: list[str], path: str) -> str | N
         print("matplotlib is not installed (pip install 'nnxopt[plot]'): no plot")
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
-    offset = 0
-    for result, name in zip(results, names):
+    adam_evals = 0
+    for i, (result, name) in enumerate(zip(results, names)):
         hist = result.history.trim()
-        ax.semilogy(offset + hist.nfev, hist.value, label=name)
-        offset += int(hist.nfev[-1]) if len(hist.nfev) else 0
+        ax.semilogy((adam_evals if i else 0) + hist.nfev, hist.value, label=name)
+        if i == 0 and len(hist.nfev):
+            adam_evals = int(hist.nfev[-1])  # the second phases start here
     ax.set_xlabel("loss evaluations")
     ax.set_ylabel("loss")
-    ax.set_title("1-D Poisson PINN: Adam, then L-BFGS (nnxopt.minimize)")
+    ax.set_title(
+        f"1-D Poisson PINN: Adam, then {' / '.join(names[1:])} (nnxopt.minimize)"
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
