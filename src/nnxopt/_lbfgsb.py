@@ -355,10 +355,32 @@ def lbfgsb(
         assert value_fn is not None
         box = bounds if bounds is not None else given
         box = _bounds.normalize(_CALL, (None, None) if box is None else box, params)
-        return _update(updates, state, params, value, grad, value_fn, box, cfg, m)
+        inside = _inside(params, box)
+
+        def search(_: None) -> tuple[Any, LbfgsbState]:
+            return _update(updates, state, params, value, grad, value_fn, box, cfg, m)
+
+        def enter(_: None) -> tuple[Any, LbfgsbState]:
+            # A start outside the box (the step API; solve projects its start):
+            # step onto the box and mark the stored value stale, so that the
+            # next update evaluates there.
+            step = optax.tree.sub(_bounds.project(params, box), params)
+            ls = state.linesearch_state
+            ls = ls._replace(value=jnp.full_like(ls.value, jnp.inf))
+            return step, state._replace(linesearch_state=ls)
+
+        return jax.lax.cond(inside, search, enter, None)
 
     given = bounds
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _inside(params: Any, box: tuple) -> jax.Array:
+    """Whether ``params`` is in the box up to rounding (``x + (p - x)``)."""
+    x = ravel_pytree(params)[0]
+    p = ravel_pytree(_bounds.project(params, box))[0]
+    eps = jnp.finfo(x.dtype).eps
+    return jnp.all(jnp.abs(p - x) <= 4 * eps * jnp.maximum(jnp.abs(x), 1))
 
 
 def _strong(tree: Any) -> Any:

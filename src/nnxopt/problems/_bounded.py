@@ -59,7 +59,7 @@ class BoundedProblem:
         return int(self.x0.shape[0])
 
     @property
-    def bounds(self) -> list[tuple[float, float]]:
+    def bounds(self) -> list[tuple[float | None, float | None]]:
         """The bounds as scipy's ``[(lower_i, upper_i), ...]`` (None for inf)."""
         return [
             (None if math.isinf(lo) else lo, None if math.isinf(up) else up)
