@@ -312,3 +312,15 @@ def test_minimize_step_with_lbfgsb_follows_minimize() -> None:
     ref, _ = _minimized()
     np.testing.assert_allclose(model.kernel[...], ref.kernel[...], atol=1e-12)
     np.testing.assert_allclose(model.bias[...], ref.bias[...], atol=1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.reference
+def test_gp_example_of_the_guide_matches_sklearn() -> None:
+    """Runs the GP block of docs/bounds.md (its assert: sklearn's log marginal
+    likelihood within 1e-6 relative)."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "bounds.md").read_text()
+    block = text.split("<!-- gp-example -->\n```python\n")[1].split("```")[0]
+    exec(compile(block, "docs/bounds.md", "exec"), {})
