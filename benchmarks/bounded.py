@@ -38,12 +38,7 @@ from nnxopt import problems as P  # noqa: E402
 def _scipy(
     p: P.BoundedProblem, gtol: float
 ) -> tuple[scipy.optimize.OptimizeResult, float]:
-    fg = jax.jit(jax.value_and_grad(p.fn))
-
-    def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
-        v, g = fg(jnp.asarray(x))
-        return float(v), np.asarray(g)
-
+    fun = p.numpy_value_and_grad()
     x0 = np.clip(p.x0, p.lower, p.upper)
     options = dict(ftol=0.0, gtol=gtol, maxiter=15000, maxfun=15000)
 

@@ -74,12 +74,7 @@ def _solutions(full: bool = False) -> tuple[nnxopt.Solution, ...]:
 @functools.cache
 def _scipy(full: bool, k: int) -> scipy.optimize.OptimizeResult:
     p = _STACKS[full].problems[k]
-    fg = jax.jit(jax.value_and_grad(p.fn))
-
-    def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
-        v, g = fg(jnp.asarray(x))
-        return float(v), np.asarray(g)
-
+    fun = p.numpy_value_and_grad()
     x0 = np.clip(p.x0, p.lower, p.upper)
     options = dict(ftol=0.0, gtol=GTOL, maxiter=15000, maxfun=15000)
     return scipy.optimize.minimize(

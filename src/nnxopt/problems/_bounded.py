@@ -58,6 +58,17 @@ class BoundedProblem:
         """Number of parameters."""
         return int(self.x0.shape[0])
 
+    def numpy_value_and_grad(self) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
+        """``x -> (f(x), grad f(x))`` on numpy arrays (jitted), for scipy's
+        ``minimize(fun, x0, jac=True, method="L-BFGS-B", bounds=self.bounds)``."""
+        fg = jax.jit(jax.value_and_grad(self.fn))
+
+        def fun(x: np.ndarray) -> tuple[float, np.ndarray]:
+            value, grad = fg(jnp.asarray(x))
+            return float(value), np.asarray(grad)
+
+        return fun
+
     @property
     def bounds(self) -> list[tuple[float | None, float | None]]:
         """The bounds as scipy's ``[(lower_i, upper_i), ...]`` (None for inf)."""
