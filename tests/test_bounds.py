@@ -100,13 +100,22 @@ def test_bounded_set_stays_in_the_box(full: bool) -> None:
         assert np.max(np.abs(np.clip(x - g, lo, up) - x)) <= GTOL, name
 
 
-@pytest.mark.reference
-@pytest.mark.parametrize("full", _FULL)
-def test_bounded_set_as_low_as_scipy(full: bool) -> None:
+def _as_low_as_scipy(full: bool) -> None:
     for k, sol in enumerate(_solutions(full)):
         p, ref = _STACKS[full].problems[k], _scipy(full, k)
         assert ref.success, (p.name, ref.message)
         assert float(sol.fun) <= ref.fun + 1e-9, (p.name, float(sol.fun), ref.fun)
+
+
+@pytest.mark.reference
+def test_bounded_set_as_low_as_scipy() -> None:
+    _as_low_as_scipy(False)
+
+
+# Not `reference`: run.py's second pass selects `-m reference`, slow ones too.
+@pytest.mark.slow
+def test_whole_bounded_set_as_low_as_scipy() -> None:
+    _as_low_as_scipy(True)
 
 
 @pytest.mark.parametrize("full", _FULL)
@@ -310,7 +319,6 @@ def test_minimize_step_with_lbfgsb_follows_minimize() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.reference
 def test_gp_example_of_the_guide_matches_sklearn() -> None:
     """Runs the GP block of docs/bounds.md (its assert: sklearn's log marginal
     likelihood within 1e-6 relative)."""
