@@ -9,6 +9,9 @@ from ._handoff import adam_then_lbfgs as adam_then_lbfgs
 from ._lbfgs import LbfgsInfo as LbfgsInfo
 from ._lbfgs import LbfgsState as LbfgsState
 from ._lbfgs import lbfgs as lbfgs
+from ._lbfgsb import LbfgsbInfo as LbfgsbInfo
+from ._lbfgsb import LbfgsbState as LbfgsbState
+from ._lbfgsb import lbfgsb as lbfgsb
 from ._minimize import MinimizeHistory as MinimizeHistory
 from ._minimize import MinimizeInfo as MinimizeInfo
 from ._minimize import MinimizeResult as MinimizeResult

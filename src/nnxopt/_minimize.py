@@ -21,6 +21,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from . import _bounds
 from ._loop import MinimizeHistory, MinimizeInfo
 from ._objective import Objective, PyTree, split_model
 from ._solve import compiled_run, launch
@@ -81,6 +82,7 @@ def minimize(
     *args: Any,
     tx: optax.GradientTransformation | None = None,
     wrt: Any = nnx.Param,
+    bounds: tuple[Any, Any] | None = None,
     gtol: float | None = None,
     ftol: float | None = None,
     maxiter: int | None = None,
@@ -138,6 +140,10 @@ def minimize(
             Transforms without a line search (adam, sgd) run until ``gtol`` or
             ``maxiter``.
         wrt: NNX filter of the Variables to optimize.
+        bounds: ``(lower, upper)`` box constraints (L-BFGS-B, picked when
+            ``tx=None``): each a scalar, ``None`` or shaped like
+            ``nnx.state(model, wrt)`` (that ``nnx.State``, or a nested dict with
+            its paths; ``None`` leaves free). As in :func:`nnxopt.solve`.
         gtol: gradient tolerance; default ``1e-5`` in float64 and float32
             (scipy's), see :func:`default_tols`. ``0`` disables it.
         ftol: relative-decrease tolerance; default ``2.2e-9`` in float64
@@ -184,8 +190,9 @@ def minimize(
     if not callable(loss_fn):
         raise TypeError(f"{_CALL}: loss_fn must be callable; got {loss_fn!r}.")
     graphdef, params, rest = split_model(model, wrt, graph, _CALL)
+    tx, box = _bounds.setup(_CALL, params, bounds, tx)
     objective = Objective(graphdef, wrt, loss_fn, has_aux, graph, _CALL)
-    dynamic, static = partition(((rest, *args), kwargs))
+    dynamic, static = partition(((rest, *args), _bounds.attach(kwargs, box)))
     make = compiled_run(
         _CALL,
         ("minimize", objective),

@@ -24,6 +24,11 @@ not searched). A field is used only if exactly one is found. The fields:
     ``optax.ScaleByBacktrackingLinesearchState``, are counted from their
     ``num_linesearch_steps`` (zoom: a value and gradient per step;
     backtracking: a value per step and, with ``store_grad=True``, one gradient).
+``num_active`` (``int32`` scalar)
+    The parameters on a bound. Its presence declares that the transform
+    keeps its iterates in a box (``nnxopt.lbfgsb``): only such a transform is
+    accepted with ``bounds=``, and it receives ``bounds=(lower, upper)`` (pytrees
+    shaped like the parameters) as an extra keyword of ``update``.
 ``num_resets`` (``int32``)
     The transform discards its curvature memory after a failed search
     (``nnxopt.lbfgs``), so the loop lets it try once more before stopping with

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _loop
+from . import _bounds, _loop
 from ._cache import compiled, transform_key
 from ._loop import LoopOptions, MinimizeHistory, MinimizeInfo
 from ._solver import (
@@ -110,6 +110,7 @@ def solve(
     params: PyTree,
     *args: Any,
     tx: optax.GradientTransformation | None = None,
+    bounds: tuple[Any, Any] | None = None,
     gtol: float | None = None,
     ftol: float | None = None,
     maxiter: int | None = None,
@@ -142,7 +143,15 @@ def solve(
             ``jax.jit``: define it once and pass data as arguments.
         params: the starting point, a pytree of floating arrays.
         *args: arrays (traced) and other values (static, hashable) for ``fun``.
-        tx: any optax transform; ``None`` means ``nnxopt.lbfgs()``.
+        tx: any optax transform; ``None`` means ``nnxopt.lbfgs()`` (with
+            ``bounds``, ``nnxopt.lbfgsb()``).
+        bounds: ``(lower, upper)`` box constraints (L-BFGS-B): each a scalar,
+            ``None`` or a pytree with the paths of ``params`` (``None`` leaves
+            and ``±inf`` free; ``lower == upper`` fixes a value; integer bounds
+            are cast). The start is projected into the box, the loss is never
+            evaluated outside it and ``gtol`` applies to the projected
+            gradient. Bounds infinite everywhere give the unbounded solve.
+            See the bounds guide.
         gtol: gradient tolerance (infinity norm); default :func:`default_tols`.
         ftol: relative-decrease tolerance: stop when an accepted finite step
             decreased the loss by a relative ``0 < decrease <= ftol`` (``0``
@@ -167,8 +176,10 @@ def solve(
     Raises:
         TypeError: wrong types: ``fun`` not callable, non-floating leaves, a
             ``Solution`` passed as ``params``, a ``state`` of another problem.
+            A ``tx`` that cannot honour ``bounds``.
         ValueError: negative tolerances or limits, ``maxiter`` below the
-            iterations ``state`` already made.
+            iterations ``state`` already made; bounds that do not match
+            ``params``, ``lower > upper``, a non-finite projected start.
 
     Example:
         >>> import jax.numpy as jnp, nnxopt
@@ -184,7 +195,8 @@ def solve(
     if not callable(fun):
         raise TypeError(f"{_CALL}: fun must be callable; got {fun!r}.")
     params = check_params(_CALL, params)
-    dynamic, static = partition((args, kwargs))
+    tx, box = _bounds.setup(_CALL, params, bounds, tx)
+    dynamic, static = partition((args, _bounds.attach(kwargs, box)))
     run = compiled_run(
         _CALL,
         ("solve", fun, has_aux),
@@ -276,9 +288,12 @@ class _Parts:
 
     def solver(self, params: PyTree, dynamic: list, limits: tuple) -> tuple:
         args, kwargs = combine(dynamic, self.static)
+        kwargs, box = _bounds.detach(kwargs)
         gtol, ftol, maxfev = limits
         # minimize: the NNX objective (does the loss write state?) at trace time
         extra = {} if self.prepare is None else self.prepare(params, args, kwargs)
+        if box is not None:
+            extra["bounds"] = box
         solver = self.make_solver(
             tx=self.tx, gtol=gtol, ftol=ftol, maxiter=self.options.maxiter,
             maxfev=maxfev, **extra,

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from . import _bounds
 from ._lbfgs import lbfgs
 from ._objective import explain_tracer_errors, unpack_loss
 from ._protocol import Capabilities, extra_args
@@ -186,6 +187,10 @@ class Solver:
         gtol, ftol, maxiter, maxfev: as in :func:`nnxopt.solve` (``None``: the
             defaults for the parameters' dtype). Budgets count the whole solve:
             ``maxiter`` is compared with ``state.nit``, also after a resume.
+        bounds: ``(lower, upper)`` pytrees of arrays shaped like the parameters
+            (see ``nnxopt.solve``); needs a transform that honours them
+            (``nnxopt.lbfgsb``). The start is projected, ``gtol`` applies to
+            the projected gradient and the transform gets ``bounds=``.
         stateful: internal (``nnxopt.minimize``): ``fun(params, snapshot, *args)``
             returns ``(loss, (aux, written))`` and the state carries the snapshot.
         call: the public name used in error messages.
@@ -220,6 +225,7 @@ class Solver:
     maxfev: Any = None
     stateful: bool = False
     call: str = "nnxopt.Solver"
+    bounds: Any = None
 
     def __post_init__(self) -> None:
         if not callable(self.fun):
@@ -269,6 +275,12 @@ class Solver:
     def _reuses(self, caps: Capabilities) -> bool:
         return caps.reuse and not self.stateful
 
+    def _grad_norm(self, x: PyTree, g: PyTree, dtype: Any) -> jax.Array:
+        """``gtol``'s measure: the gradient's (projected with bounds) inf norm."""
+        if self.bounds is None:
+            return inf_norm(g, dtype)
+        return _bounds.projected_grad_norm(x, g, self.bounds, dtype)
+
     def _limits(self, dtype: Any) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         d_gtol, d_ftol = default_tols(dtype)
         gtol = d_gtol if self.gtol is None else self.gtol
@@ -288,15 +300,19 @@ class Solver:
         """Evaluate ``fun`` at ``params`` and return the starting state."""
         snapshot, args = (args[0], args[1:]) if self.stateful else (None, args)
         params = strong_params(params)
+        if self.bounds is not None:
+            params = _bounds.project(params, self.bounds)
         value, grad, aux, written = self._evaluate(params, snapshot, args, kwargs)
         dtype = value.dtype
         tx = self.tx
         assert tx is not None
         opt_state = strong(tx.init(params), lowest_precision(params))
+        if self.bounds is not None and not _bounds.honours_bounds(opt_state, params):
+            _bounds.check_transform(self.call, tx, params)
         caps = Capabilities.of(opt_state, params)
         aux = aux if self._carries_aux(caps) else None
         snapshot = snapshot if self.stateful else None
-        gnorm = inf_norm(grad, dtype)
+        gnorm = self._grad_norm(params, grad, dtype)
         zero = jnp.zeros((), _INT)
         state = SolverState(
             params=params,
@@ -353,14 +369,14 @@ class Solver:
         params, dtype = state.params, state.value.dtype
         caps = Capabilities.of(state.opt_state, params)
         fn = self._value_fn(state.snapshot, args, kwargs)
-        updates, opt_state = tx.update(
-            state.grad,
-            state.opt_state,
-            params,
-            **extra_args(tx, state.value, state.grad, fn),
-        )
+        extra = extra_args(tx, state.value, state.grad, fn)
+        if self.bounds is not None:
+            extra["bounds"] = self.bounds
+        updates, opt_state = tx.update(state.grad, state.opt_state, params, **extra)
         opt_state = cast_like(opt_state, state.opt_state)
         x = cast_like(optax.apply_updates(params, updates), params)
+        if self.bounds is not None:  # x + (p - x) may round out of the box
+            x = _bounds.project(x, self.bounds)
         ls_fev, ls_jev = caps.evaluations(opt_state, params)
         snapshot = state.written if self.stateful else None
         if self._reuses(caps):
@@ -387,7 +403,7 @@ class Solver:
         dtype = state.value.dtype
         gtol, ftol, maxiter, maxfev = self._limits(dtype)
         nfev, njev = state.nfev + fev, state.njev + jev
-        gn = inf_norm(g, dtype)
+        gn = self._grad_norm(x, g, dtype)
         finite = all_finite(x) & jnp.isfinite(f) & all_finite(g)
         lr = caps.learning_rate(opt_state, state.params, dtype)
         failed = caps.failed(opt_state, state.params, lr, f_ls, state.value)

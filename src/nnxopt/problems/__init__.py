@@ -4,7 +4,7 @@ Public so that users can benchmark their own solvers, transforms and settings
 on the same problems (``from nnxopt import problems``); nnxopt's own tests and
 ``benchmarks/`` import it from here.
 
-Three families, all plain data plus functions:
+Four families, all plain data plus functions:
 
 - :class:`Problem`: a smooth objective of one flat parameter vector with a
   standard starting point and a known minimum. The Moré–Garbow–Hillstrom
@@ -14,6 +14,10 @@ Three families, all plain data plus functions:
 - :class:`NNXProblem`: a factory-built ``flax.nnx`` model with its data and a
   ``loss_fn(model, *batch)`` (MLP regression, 1-D and 2-D Poisson PINNs, a
   BatchNorm model in training mode). Sizes are arguments.
+- :class:`BoundedProblem`: a problem with box bounds (``bounded_problems()``:
+  Hock–Schittkowski problems with bounds, bounded Rosenbrock and quadratics,
+  non-negative and bounded least squares, a GP marginal likelihood), and
+  :func:`stack_bounded`, one objective for a whole set (one compiled solve).
 - :data:`SCIPY_OPTIONS`: the options with which the tests and the benchmarks
   run ``scipy.optimize.minimize(method="L-BFGS-B")`` as the float64 reference
   (the reference itself is computed where it is used: a stored third-party
@@ -46,6 +50,14 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from ._bounded import GP_BOUNDS as GP_BOUNDS
+from ._bounded import BoundedProblem as BoundedProblem
+from ._bounded import BoundedStack as BoundedStack
+from ._bounded import bounded_problems as bounded_problems
+from ._bounded import gp_data as gp_data
+from ._bounded import gp_negative_log_likelihood as gp_negative_log_likelihood
+from ._bounded import least_squares_data as least_squares_data
+from ._bounded import stack_bounded as stack_bounded
 from ._fits import LOGISTIC_F_STAR as LOGISTIC_F_STAR
 from ._fits import LOGISTIC_L2 as LOGISTIC_L2
 from ._fits import linear_least_squares as linear_least_squares
