@@ -4,6 +4,7 @@ from . import linesearch as linesearch
 from ._bfgs import BfgsInfo as BfgsInfo
 from ._bfgs import BfgsState as BfgsState
 from ._bfgs import bfgs as bfgs
+from ._chunked import chunked as chunked
 from ._handoff import HandoffResult as HandoffResult
 from ._handoff import adam_then_lbfgs as adam_then_lbfgs
 from ._lbfgs import LbfgsInfo as LbfgsInfo

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ._memory import new_memory, two_loop_recursion
+from ._memory import new_memory, placed_zeros, two_loop_recursion
 from ._memory import scale as _scale
 from ._memory import vdot as _vdot
 from ._memory import where as _where
@@ -121,6 +121,27 @@ def _real_dtype(tree: Any) -> jnp.dtype:
 def _strong(tree: Any) -> Any:
     """Drop weak types so that ``init`` and ``update`` return identical avals."""
     return jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.result_type(x)), tree)
+
+
+def _newest_products(
+    pairs: tuple[Any, Any], memory_idx: jax.Array, num_pairs: jax.Array, dtype: Any
+) -> tuple[jax.Array, jax.Array]:
+    """``(s·y, y·y)`` of the newest stored pair (zeros with an empty memory).
+
+    Read in a ``lax.cond``: XLA would otherwise fuse this slice of the
+    just-written buffer into one reading the buffer from before the write,
+    keeping both alive, and copy the O(m n) buffer every iteration.
+    """
+
+    def read(pairs: tuple[Any, Any]) -> tuple[jax.Array, jax.Array]:
+        last = (memory_idx - 1) % jax.tree.leaves(pairs)[0].shape[0]
+        s_l, y_l = jax.tree.map(lambda x: x[last], pairs)
+        return _vdot(s_l, y_l, dtype), _vdot(y_l, y_l, dtype)
+
+    def empty(pairs: tuple[Any, Any]) -> tuple[jax.Array, jax.Array]:
+        return jnp.zeros((), dtype), jnp.zeros((), dtype)
+
+    return jax.lax.cond(num_pairs > 0, read, empty, pairs)
 
 
 def lbfgs(
@@ -257,8 +278,8 @@ def lbfgs(
         int0 = jnp.zeros((), jnp.int32)
         return LbfgsState(
             count=int0,
-            params=optax.tree.zeros_like(params),
-            updates=optax.tree.zeros_like(params),
+            params=placed_zeros(params),
+            updates=placed_zeros(params),
             diff_params_memory=stacked,
             diff_updates_memory=stacked,
             weights_memory=jnp.zeros((m,), dtype),
@@ -355,10 +376,8 @@ def lbfgs(
         gnorm = jnp.sqrt(_vdot(g, g, dtype))
         gamma_empty = jnp.minimum(1, radius / gnorm).astype(dtype)
         if scale_init_precond:
-            last = (memory_idx - 1) % m
-            s_l, y_l = jax.tree.map(lambda x: x[last], memory[:2])
-            yy_l = _vdot(y_l, y_l, dtype)
-            gamma_pairs = _vdot(s_l, y_l, dtype) / jnp.where(yy_l > 0, yy_l, 1)
+            sy_l, yy_l = _newest_products(memory[:2], memory_idx, num_pairs, dtype)
+            gamma_pairs = sy_l / jnp.where(yy_l > 0, yy_l, 1)
         else:
             gamma_empty = jnp.where(radius < 1, gamma_empty, 1).astype(dtype)
             gamma_pairs = jnp.ones((), dtype)
@@ -426,6 +445,11 @@ def lbfgs(
                 )
             new_state = state._replace(
                 count=optax.safe_increment(state.count),
+                # The written buffers, equal to the old ones here (a non-finite
+                # point writes no pair): with the old ones live in this branch,
+                # XLA would copy both O(m n) buffers every iteration.
+                diff_params_memory=memory[0],
+                diff_updates_memory=memory[1],
                 weights_memory=_zero_if(give_up, state.weights_memory),
                 num_pairs=jnp.where(give_up, 0, state.num_pairs),
                 radius=jnp.where(give_up, new_radius, state.radius),

@@ -10,19 +10,43 @@ import jax.numpy as jnp
 import optax
 
 
-def new_memory(params: Any, m: int) -> Any:
-    """Return zeros stacked ``m`` deep per leaf, built from the parameter.
+def placed_zeros(params: Any, lead: tuple[int, ...] = ()) -> Any:
+    """Return zeros shaped ``(*lead, *p.shape)`` per leaf, placed like ``p``.
 
-    Broadcasting the parameter's own zeros (rather than ``jnp.zeros((m,
-    *shape))``, which lands on one device) lets the memory follow the
-    parameter's placement.
+    Under ``jit``, zeros that do not depend on any input (``jnp.zeros_like``,
+    ``jnp.zeros((m, *shape))``) are placed by the compiler on one device, even
+    when ``p`` is sharded over many: a memory that does not fit there, and a
+    transfer at the first step. Selecting the zeros against the parameter (a
+    mask that is always false) makes them *depend* on it, so that sharding
+    propagation (automatic meshes) and sharding-in-types (explicit meshes)
+    shard every leaf like its parameter, the leading axes replicated. The
+    select reads the parameter once, at ``init``; no value of it can leak
+    through (``inf`` and ``nan`` included).
+
+    Args:
+        params: a pytree of arrays.
+        lead: leading axes to add (the memory axis of L-BFGS), replicated.
+
+    Returns:
+        A pytree like ``params`` of zeros of shape ``(*lead, *p.shape)`` and
+        dtype ``p.dtype``.
     """
-    return jax.tree.map(
-        lambda p: jnp.broadcast_to(jnp.zeros_like(p)[None], (m, *jnp.shape(p))).astype(
-            jnp.result_type(p)
-        ),
-        params,
-    )
+
+    def zeros(p: Any) -> jax.Array:
+        p = jnp.asarray(p)
+        shape = (*lead, *p.shape)
+        mask = jnp.zeros(shape, bool)
+        p = jnp.broadcast_to(p, shape)
+        return jnp.where(mask, p, jnp.zeros((), p.dtype))
+
+    return jax.tree.map(zeros, params)
+
+
+def new_memory(params: Any, m: int) -> Any:
+    """Return zeros stacked ``m`` deep per leaf, placed like the parameter
+    (see :func:`placed_zeros`): the memory axis replicated, the others
+    sharded like the parameter, from ``init`` on."""
+    return placed_zeros(params, (m,))
 
 
 def vdot(x: Any, y: Any, dtype: jnp.dtype) -> jax.Array:

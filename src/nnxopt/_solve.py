@@ -17,6 +17,7 @@ import optax
 from . import _bounds, _loop
 from ._cache import compiled, transform_key
 from ._loop import LoopOptions, MinimizeHistory, MinimizeInfo
+from ._sharding import check_placement
 from ._solver import (
     DEFAULT_MAXFEV,
     DEFAULT_MAXITER,
@@ -356,6 +357,7 @@ def launch(
         )
     if state is not None:
         state = check_state(call, state, params, maxiter)
+    check_placement(call, params, dynamic)
     dtype = lowest_precision(params)
     # Under jit/vmap (any traced input) the host cannot drive chunks.
     traced = any(

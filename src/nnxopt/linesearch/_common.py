@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from .._memory import placed_zeros
 from .._status import SearchStatus
 
 _INT = jnp.int32
@@ -396,7 +397,8 @@ def init_fields(params: Any) -> dict[str, Any]:
         learning_rate=jnp.ones((), dtype),
         # inf so that optax.value_and_grad_from_state evaluates on step one.
         value=jnp.asarray(jnp.inf, dtype),
-        grad=optax.tree.zeros_like(params),
+        # placed like the parameters (sharded ones stay sharded from init on)
+        grad=placed_zeros(params),
         status=_INT(SearchStatus.SUCCESS),
         aux=None,
         info=LineSearchInfo(_INT(0), _INT(0), _INT(0), zero, zero),

@@ -1,0 +1,177 @@
+"""Child of tests/test_sharding.py: sharded solves on 4 forced CPU devices.
+
+Run as a script (the device count must be set before JAX starts); prints one
+JSON line with what the parent test asserts.
+"""
+
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import nnxopt
+
+RIDGE = 1e-2
+
+
+def specs(tree):
+    """Each leaf's PartitionSpec as a list of axis names (None: replicated)."""
+    return [
+        [jax.tree_util.keystr(k), list(getattr(x.sharding, "spec", ["single"]))]
+        for k, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+    ]
+
+
+def memory_specs(opt_state):
+    """Specs of every L-BFGS memory leaf (and param-shaped state) in opt_state."""
+    mem = (opt_state.diff_params_memory, opt_state.diff_updates_memory)
+    return specs(mem)
+
+
+def least_squares(p, X, Y):
+    """Ridge regression: 0.5 mean ||X W^T + b - Y||^2 + RIDGE/2 ||W||^2."""
+    r = X @ p["W"].T + p["b"] - Y
+    return 0.5 * jnp.mean(jnp.sum(r**2, axis=-1)) + 0.5 * RIDGE * jnp.sum(p["W"] ** 2)
+
+
+def closed_form(X, Y):
+    """The ridge solution in float64 with NumPy (an independent reference)."""
+    n = X.shape[0]
+    Xa = np.hstack([X, np.ones((n, 1))])
+    reg = np.diag([RIDGE] * X.shape[1] + [0.0]) * n
+    sol = np.linalg.solve(Xa.T @ Xa + reg, Xa.T @ Y)
+    return sol[:-1].T, sol[-1]
+
+
+def report(name, ref, sol, exact, init_state):
+    W, b = exact
+    return {
+        name: {
+            "status": [int(ref.status), int(sol.status)],
+            "nit": [int(ref.nit), int(sol.nit)],
+            "diff": float(jnp.max(jnp.abs(sol.params["W"] - ref.params["W"]))),
+            "err": float(np.max(np.abs(np.asarray(sol.params["W"]) - W))),
+            "err_b": float(np.max(np.abs(np.asarray(sol.params["b"]) - b))),
+            "params": specs(sol.params),
+            "memory_init": memory_specs(init_state.opt_state),
+            "memory_final": memory_specs(sol.state.opt_state),
+            "grad_final": specs(sol.state.grad),
+        }
+    }
+
+
+def main() -> None:
+    jax.config.update("jax_enable_x64", True)
+    out = {"devices": jax.device_count()}
+    rng = np.random.default_rng(0)
+    n, d, k = 256, 8, 32
+    X = rng.normal(size=(n, d))
+    Y = X @ rng.normal(size=(d, k)) + 0.1 * rng.normal(size=(n, k))
+    exact = closed_form(X, Y)
+    p0 = {"W": jnp.zeros((k, d)), "b": jnp.zeros((k,))}
+    opts = dict(gtol=1e-9, ftol=0.0, maxiter=200)
+    ref = nnxopt.solve(least_squares, p0, jnp.asarray(X), jnp.asarray(Y), **opts)
+
+    # 1. Data parallel, explicit mesh: data sharded on the batch, params replicated.
+    mesh = jax.make_mesh((4,), ("x",), axis_types=(AxisType.Explicit,))
+    Xs = jax.device_put(X, NamedSharding(mesh, P("x", None)))
+    Ys = jax.device_put(Y, NamedSharding(mesh, P("x", None)))
+    ps = jax.device_put(p0, NamedSharding(mesh, P()))
+    init = jax.jit(nnxopt.Solver(least_squares, **opts).init)(ps, Xs, Ys)
+    sol = nnxopt.solve(least_squares, ps, Xs, Ys, **opts)
+    out.update(report("data_parallel", ref, sol, exact, init))
+
+    # 2. Model parallel, automatic mesh: W sharded on its first (output) axis.
+    mesh = jax.make_mesh((4,), ("x",), axis_types=(AxisType.Auto,))
+    ps = {
+        "W": jax.device_put(p0["W"], NamedSharding(mesh, P("x", None))),
+        "b": jax.device_put(p0["b"], NamedSharding(mesh, P("x"))),
+    }
+    Xr, Yr = (jax.device_put(a, NamedSharding(mesh, P())) for a in (X, Y))
+    init = jax.jit(nnxopt.Solver(least_squares, **opts).init)(ps, Xr, Yr)
+    sol = nnxopt.solve(least_squares, ps, Xr, Yr, **opts)
+    out.update(report("model_parallel", ref, sol, exact, init))
+
+    # 3. Bad input: parameters and data on two different meshes.
+    devices = np.array(jax.devices())
+    mesh_a = jax.sharding.Mesh(devices[:2], ("x",))
+    mesh_b = jax.sharding.Mesh(devices[2:], ("x",))
+    pa = jax.device_put(p0, NamedSharding(mesh_a, P()))
+    Xb, Yb = (jax.device_put(a, NamedSharding(mesh_b, P("x"))) for a in (X, Y))
+    try:
+        nnxopt.solve(least_squares, pa, Xb, Yb)
+    except ValueError as error:
+        out["mesh_error"] = str(error)
+    if "nnx" in sys.argv[1:]:
+        # 3. minimize and minimize_step on an NNX model sharded like case 2.
+        out.update(nnx_cases(mesh, X, Y, exact, ref))
+    json.dump(out, sys.stdout)
+
+
+def nnx_cases(mesh, X, Y, exact, ref):
+    def model_loss(model, X, Y):
+        r = model(X) - Y
+        w = model.kernel[...]
+        return 0.5 * jnp.mean(jnp.sum(r**2, axis=-1)) + 0.5 * RIDGE * jnp.sum(w**2)
+
+    def sharded_model():
+        model = nnx.Linear(
+            X.shape[1], Y.shape[1], param_dtype=jnp.float64, rngs=nnx.Rngs(0)
+        )
+        state = nnx.state(model, nnx.Param)
+        spec = {"kernel": P(None, "x"), "bias": P("x")}
+        placed = jax.tree.map(
+            lambda s, v: jax.device_put(v, NamedSharding(mesh, s)),
+            spec,
+            {"kernel": state["kernel"][...], "bias": state["bias"][...]},
+        )
+        model.kernel[...] = placed["kernel"]
+        model.bias[...] = placed["bias"]
+        return model
+
+    Xr, Yr = (jax.device_put(a, NamedSharding(mesh, P())) for a in (X, Y))
+    model = sharded_model()
+    result = nnxopt.minimize(
+        model_loss, model, Xr, Yr, gtol=1e-9, ftol=0.0, maxiter=200
+    )
+    W = exact[0]
+    out = {
+        "minimize": {
+            "status": [int(ref.status), int(result.status)],
+            "err": float(np.max(np.abs(np.asarray(model.kernel[...]).T - W))),
+            "params": specs(nnx.state(model, nnx.Param)),
+            "memory_final": memory_specs(result.state.opt_state),
+        }
+    }
+    model = sharded_model()
+    opt = nnxopt.Optimizer(model, nnxopt.lbfgs(), wrt=nnx.Param)
+    init_mem = memory_specs(opt.opt_state)
+
+    @nnx.jit
+    def step(model, opt, X, Y):
+        return opt.minimize_step(model, model_loss, X, Y)
+
+    for _ in range(60):
+        step(model, opt, Xr, Yr)
+    out["minimize_step"] = {
+        "err": float(np.max(np.abs(np.asarray(model.kernel[...]).T - W))),
+        "params": specs(nnx.state(model, nnx.Param)),
+        "memory_init": init_mem,
+        "memory_final": memory_specs(opt.opt_state),
+    }
+    return out
+
+
+if __name__ == "__main__":
+    # Before JAX starts its CPU backend (it reads XLA_FLAGS then).
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    )
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    main()
