@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _loop
+from . import _batch, _implicit, _loop
 from ._cache import compiled, transform_key
 from ._loop import LoopOptions, MinimizeHistory, MinimizeInfo
 from ._solver import (
@@ -118,6 +118,7 @@ def solve(
     callback: Callable[[MinimizeInfo], Any] | None = None,
     progress: bool = False,
     state: SolverState | None = None,
+    implicit: _implicit.ImplicitDiff | None = None,
     **kwargs: Any,
 ) -> Solution:
     """Minimize ``fun(params, *args, **kwargs)`` over a pytree of floating arrays.
@@ -127,8 +128,12 @@ def solve(
     hyperparameters, a tuple of arrays): one compiled ``lax.while_loop`` over
     :class:`Solver`'s ``step``, compiled once per (``fun``, structure, shapes,
     ``maxiter``, transform structure). It is pure: ``jax.jit`` and ``jax.vmap``
-    of ``solve`` work (under them there is no Ctrl-C poll, and ``callback`` and
-    ``progress`` are not batched).
+    of ``solve`` work (under them there is no Ctrl-C poll); under ``vmap`` each
+    member stops at its own convergence with its own counts and status
+    (``callback`` and ``progress`` are refused there). ``jax.grad``,
+    ``jax.vjp`` and ``jax.jvp`` of the solution with respect to ``args`` and
+    ``kwargs`` use the implicit function theorem at the solution (see
+    :class:`nnxopt.ImplicitDiff`), never the loop.
 
     Resume: ``solve(fun, sol.params, *args, state=sol.state)`` continues exactly
     where ``sol`` stopped (L-BFGS memory, line-search state, counters): two
@@ -159,6 +164,10 @@ def solve(
         state: a ``Solution.state`` to resume from; ``params`` must then have
             the structure, shapes and dtypes of ``state.params``, whose values
             are used.
+        implicit: how ``jax.grad``/``jax.jvp`` differentiate the solution with
+            respect to ``args``/``kwargs``: an :class:`nnxopt.ImplicitDiff`
+            (conjugate gradients on Hessian-vector products at the solution);
+            ``None``: its defaults.
         **kwargs: keyword arguments of ``fun``.
 
     Returns:
@@ -184,7 +193,16 @@ def solve(
     if not callable(fun):
         raise TypeError(f"{_CALL}: fun must be callable; got {fun!r}.")
     params = check_params(_CALL, params)
-    dynamic, static = partition((args, kwargs))
+    _batch.check_static(
+        _CALL, tx=tx, gtol=gtol, ftol=ftol, maxiter=maxiter, maxfev=maxfev
+    )
+    if implicit is not None:
+        implicit = implicit.check(_CALL)
+    differentiable, static = partition((args, kwargs))
+    # The loop runs on values without derivatives; `attach` adds the implicit ones.
+    params, dynamic = _implicit.detach((params, differentiable))
+    if callback is not None or progress:
+        params, dynamic = _batch.forbid_batching(_CALL, (params, dynamic))
     run = compiled_run(
         _CALL,
         ("solve", fun, has_aux),
@@ -205,7 +223,10 @@ def solve(
             "earlier solution to resume)."
         )
         raise error
-    return solution
+    return _implicit.attach(
+        solution, fun, differentiable, static,
+        has_aux=has_aux, options=implicit, call=_CALL,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
