@@ -77,6 +77,12 @@ def test_each_member_equals_its_own_solve(batch):
         atol = BATCH_ATOL if i < 64 else ROSEN_ATOL
         np.testing.assert_allclose(sol.params[i], one.params, rtol=0, atol=atol)
         np.testing.assert_allclose(sol.fun[i], one.fun, rtol=1e-9, atol=atol)
+        # the per-call history: written only while the member ran
+        np.testing.assert_array_equal(sol.history.nfev[i], one.history.nfev)
+        if not 64 <= i < 72:  # Rosenbrock: round-off moves the iterates (above)
+            np.testing.assert_allclose(
+                sol.history.value[i], one.history.value, rtol=1e-9, atol=atol
+            )
 
 
 def test_members_stop_at_their_own_convergence(batch):

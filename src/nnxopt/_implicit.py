@@ -82,7 +82,7 @@ class ImplicitDiff:
         ...     return jnp.sum((w - 1.0) ** 2) + lam * jnp.sum(w**2)
         >>> def w_star(lam):  # the minimizer is 1 / (1 + lam)
         ...     return nnxopt.solve(ridge, jnp.zeros(2), lam).params[0]
-        >>> print(f"{jax.grad(w_star)(1.0):.6f}")  # -1 / (1 + lam)^2
+        >>> print(f"{jax.jit(jax.grad(w_star))(1.0):.6f}")  # -1 / (1 + lam)^2
         -0.250000
     """
 
