@@ -7,6 +7,8 @@ from ._bfgs import bfgs as bfgs
 from ._chunked import chunked as chunked
 from ._handoff import HandoffResult as HandoffResult
 from ._handoff import adam_then_lbfgs as adam_then_lbfgs
+from ._implicit import ImplicitDiff as ImplicitDiff
+from ._implicit import ImplicitDiffWarning as ImplicitDiffWarning
 from ._lbfgs import LbfgsInfo as LbfgsInfo
 from ._lbfgs import LbfgsState as LbfgsState
 from ._lbfgs import lbfgs as lbfgs

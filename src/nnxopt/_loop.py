@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
 
+from . import _batch
 from ._solver import Solver, SolverState
 from ._status import Status
 
@@ -144,8 +145,10 @@ def run(
     n = options.maxiter + 1
 
     def body(c: _Carry) -> _Carry:
+        # True unbatched; under vmap, False for the members already done
+        running = ~solver.terminate(c.state)
         s = solver.step(c.state, *args, **kwargs)
-        accept = s.nit > c.state.nit
+        accept = (s.nit > c.state.nit) & running
         status = s.status
         if options.hosted:
             stop = _host_step(run_id, accept, s)
@@ -162,10 +165,14 @@ def run(
             h.at[i].set(v.astype(h.dtype), mode="drop")
             for h, v in zip(c.history, (s.value, s.grad_norm, s.nfev), strict=True)
         )
-        return _Carry(s._replace(status=status.astype(_INT)), history, c.steps + 1)
+        s = _batch.keep_running(
+            running, s._replace(status=status.astype(_INT)), c.state
+        )
+        return _Carry(s, history, c.steps + 1)
 
     def cond(c: _Carry) -> jax.Array:
-        return ~solver.terminate(c.state) & (c.steps < limit)
+        # any member running (unbatched): no per-member select of the history
+        return _batch.any_member(~solver.terminate(c.state)) & (c.steps < limit)
 
     init = _Carry(state, tuple(history), jnp.zeros((), _INT))
     out = jax.lax.while_loop(cond, body, init)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _bounds, _loop
+from . import _batch, _bounds, _implicit, _loop
 from ._cache import compiled, transform_key
 from ._loop import LoopOptions, MinimizeHistory, MinimizeInfo
 from ._sharding import check_placement
@@ -120,6 +120,7 @@ def solve(
     callback: Callable[[MinimizeInfo], Any] | None = None,
     progress: bool = False,
     state: SolverState | None = None,
+    implicit: _implicit.ImplicitDiff | None = None,
     **kwargs: Any,
 ) -> Solution:
     """Minimize ``fun(params, *args, **kwargs)`` over a pytree of floating arrays.
@@ -129,8 +130,12 @@ def solve(
     hyperparameters, a tuple of arrays): one compiled ``lax.while_loop`` over
     :class:`Solver`'s ``step``, compiled once per (``fun``, structure, shapes,
     ``maxiter``, transform structure). It is pure: ``jax.jit`` and ``jax.vmap``
-    of ``solve`` work (under them there is no Ctrl-C poll, and ``callback`` and
-    ``progress`` are not batched).
+    of ``solve`` work (under them there is no Ctrl-C poll); under ``vmap`` each
+    member stops at its own convergence with its own counts and status
+    (``callback`` and ``progress`` are refused there). ``jax.grad``,
+    ``jax.vjp`` and ``jax.jvp`` of the solution with respect to ``args`` and
+    ``kwargs`` use the implicit function theorem at the solution (see
+    :class:`nnxopt.ImplicitDiff`), never the loop.
 
     Resume: ``solve(fun, sol.params, *args, state=sol.state)`` continues exactly
     where ``sol`` stopped (L-BFGS memory, line-search state, counters): two
@@ -169,6 +174,10 @@ def solve(
         state: a ``Solution.state`` to resume from; ``params`` must then have
             the structure, shapes and dtypes of ``state.params``, whose values
             are used.
+        implicit: how ``jax.grad``/``jax.jvp`` differentiate the solution with
+            respect to ``args``/``kwargs``: an :class:`nnxopt.ImplicitDiff`
+            (conjugate gradients on Hessian-vector products at the solution);
+            ``None``: its defaults.
         **kwargs: keyword arguments of ``fun``.
 
     Returns:
@@ -197,7 +206,18 @@ def solve(
         raise TypeError(f"{_CALL}: fun must be callable; got {fun!r}.")
     params = check_params(_CALL, params)
     tx, box = _bounds.setup(_CALL, params, bounds, tx)
+    _batch.check_static(
+        _CALL, tx=tx, gtol=gtol, ftol=ftol, maxiter=maxiter, maxfev=maxfev
+    )
+    if implicit is not None:
+        implicit = implicit.check(_CALL)
+    differentiable, arg_static = partition((args, kwargs))
+    # The loop gets the bounds beside the arguments (as arrays), and runs on
+    # values without derivatives; `attach` adds the implicit ones.
     dynamic, static = partition((args, _bounds.attach(kwargs, box)))
+    params, dynamic = _implicit.detach((params, dynamic))
+    if callback is not None or progress:
+        params, dynamic = _batch.forbid_batching(_CALL, (params, dynamic))
     run = compiled_run(
         _CALL,
         ("solve", fun, has_aux),
@@ -218,7 +238,10 @@ def solve(
             "earlier solution to resume)."
         )
         raise error
-    return solution
+    return _implicit.attach(
+        solution, fun, differentiable, arg_static,
+        has_aux=has_aux, options=implicit, call=_CALL, bounded=box is not None,
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------
