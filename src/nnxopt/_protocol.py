@@ -15,8 +15,9 @@ not searched). A field is used only if exactly one is found. The fields:
     ``value``, counts as a failed search (unless ``status`` says more).
 ``status`` (``int32`` scalar, a :class:`nnxopt.linesearch.SearchStatus` code)
     The outcome of the last search; ``LINESEARCH_FAILED`` and ``NON_FINITE`` are
-    failures; ``AT_ROUNDOFF`` (no decrease resolvable in the loss's precision)
-    ends the solve as ``Status.CONVERGED_ROUNDOFF``.
+    failures; so is ``AT_ROUNDOFF`` (no decrease resolvable in the loss's
+    precision), but a solve whose last try ends so reports
+    ``Status.CONVERGED_ROUNDOFF`` instead of ``LINESEARCH_FAILED``.
 ``num_value_evals`` and ``num_grad_evals`` (``int32`` scalars)
     The loss and gradient evaluations the last update made (a value evaluated
     together with its gradient counts once in each). They become ``nfev`` and

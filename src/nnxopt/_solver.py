@@ -390,11 +390,13 @@ class Solver:
         gn = inf_norm(g, dtype)
         finite = all_finite(x) & jnp.isfinite(f) & all_finite(g)
         lr = caps.learning_rate(opt_state, state.params, dtype)
-        failed = caps.failed(opt_state, state.params, lr, f_ls, state.value)
-        # The search made no step because none is resolvable: a minimum to
-        # working precision, not a failure (see SearchStatus.AT_ROUNDOFF).
+        # A search that made no step because no decrease is resolvable
+        # (SearchStatus.AT_ROUNDOFF) counts as a failed one, so the transform
+        # retries exactly as before (a reset memory); if the last try is at
+        # round-off too, the solve has converged to working precision.
         flat = caps.at_roundoff(opt_state, state.params) & jnp.isfinite(state.value)
-        accept = finite & ~failed & ~flat
+        failed = caps.failed(opt_state, state.params, lr, f_ls, state.value) | flat
+        accept = finite & ~failed
         # A search step that leaves the loss exactly unchanged made no progress
         # (a tiny step against a wall of non-finite values, or the floor of the
         # precision): it counts towards LINESEARCH_FAILED and is never ftol
@@ -407,7 +409,7 @@ class Solver:
         status = first_status(
             (~finite, Status.NON_FINITE),
             (accept & (gn <= gtol), Status.CONVERGED_GTOL),
-            (flat, Status.CONVERGED_ROUNDOFF),
+            (flat & (fails >= caps.retries), Status.CONVERGED_ROUNDOFF),
             (fails >= caps.retries, Status.LINESEARCH_FAILED),
             (
                 accept & (f_ls < state.value) & (rel <= ftol) if caps.search else False,
