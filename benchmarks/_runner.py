@@ -52,7 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
     p.add_argument("--problems", nargs="*", help="problem names (default: all)")
-    p.add_argument("--solvers", nargs="*", help="solver short names (default: all)")
+    p.add_argument(
+        "--solvers",
+        nargs="*",
+        help="solver short names (default: all but the dense BFGS family, "
+        "nnxopt-B nnxopt-ssB nnxopt-ssBr, run only when named)",
+    )
     p.add_argument("--repeats", type=int, default=None, help="warm runs (median)")
     p.add_argument("--gtol", type=float, default=1e-8)
     p.add_argument("--ftol", type=float, default=1e-12)
@@ -164,7 +169,8 @@ def run(args: argparse.Namespace) -> dict:
         dtype=jax.numpy.dtype(args.dtype),
         suite=args.suite,
     )
-    classes = [c for c in S.SOLVERS if not args.solvers or c.short in args.solvers]
+    pool = S.SOLVERS + S.OPTIONAL if args.solvers else S.SOLVERS
+    classes = [c for c in pool if not args.solvers or c.short in args.solvers]
     print(
         f"# nnxopt benchmarks: {len(tasks)} problems x {len(classes)} solvers, "
         f"{args.dtype}, gtol={cfg.gtol:g} maxiter={cfg.maxiter} repeats={repeats} "

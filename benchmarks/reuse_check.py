@@ -8,7 +8,11 @@ L-BFGS iteration on the ~1.2k-parameter MLP of ``benchmarks.step_overhead``
 (the reuse decision the step made before the check existed), interleaved in one
 process; both reuse on every step, so they differ by the check alone.
 
-    python -m benchmarks.reuse_check [--steps 300] [--rounds 7]
+    python -m benchmarks.reuse_check [--steps 300] [--rounds 7] [--clock process]
+
+``--clock process`` times the CPU this process used (all its threads) instead of
+wall time: on a machine shared with other jobs, time spent waiting for a core
+is not counted, so the comparison is far less noisy (use it on CPU only).
 """
 
 from __future__ import annotations
@@ -61,17 +65,20 @@ def compiled_step(model, opt, checked: bool):
     return jitted, state, [x, y]
 
 
+CLOCK = time.perf_counter
+
+
 def run(jitted, state, dynamic, steps: int) -> tuple[float, tuple]:
     params, rest, opt_state, key = state
     out = None
-    start = time.perf_counter()
+    start = CLOCK()
     for _ in range(steps):
         params, rest, opt_state, key, loss, _, _ = jitted(
             params, rest, opt_state, key, dynamic
         )
         out = loss
     jax.block_until_ready(out)
-    return (time.perf_counter() - start) / steps, (params, rest, opt_state, key)
+    return (CLOCK() - start) / steps, (params, rest, opt_state, key)
 
 
 def check_alone(state, dynamic, steps: int, rounds: int) -> float:
@@ -87,11 +94,11 @@ def check_alone(state, dynamic, steps: int, rounds: int) -> float:
     jax.block_until_ready(check(params, rest, key, dynamic))
     times = []
     for _ in range(rounds):
-        start = time.perf_counter()
+        start = CLOCK()
         for _ in range(steps):
             out = check(params, rest, key, dynamic)
         jax.block_until_ready(out)
-        times.append((time.perf_counter() - start) / steps)
+        times.append((CLOCK() - start) / steps)
     return statistics.median(times)
 
 
@@ -99,7 +106,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--clock", choices=["wall", "process"], default="wall")
     args = parser.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "process" else time.perf_counter
 
     model = MLP(32)
     n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
@@ -115,17 +125,37 @@ def main() -> None:
     without = (without[0], (*state[:3], key), without[2])
 
     times: dict[str, list[float]] = {"check": [], "no check": []}
-    for _ in range(args.rounds):
-        for name, (jitted, s, dyn) in (("check", with_check), ("no check", without)):
+    variants = [("check", with_check), ("no check", without)]
+    for i in range(args.rounds):
+        # Alternate which runs first, so that neither always follows the other.
+        for name, (jitted, s, dyn) in variants[:: 1 - 2 * (i % 2)]:
             run(jitted, s, dyn, 5)  # warm
             t, _ = run(jitted, s, dyn, args.steps)
             times[name].append(t)
     on, off = statistics.median(times["check"]), statistics.median(times["no check"])
     alone = check_alone(state, with_check[2], args.steps, args.rounds)
-    print(f"MLP 1-32-32-1: {n} parameters, 256 points, optax.lbfgs, {jax.devices()[0]}")
+    print(
+        f"MLP 1-32-32-1: {n} parameters, 256 points, optax.lbfgs, "
+        f"{jax.devices()[0]}, {args.clock} clock"
+    )
     print(f"step with check    : {on * 1e6:8.1f} us (median of {args.rounds})")
     print(f"step without check : {off * 1e6:8.1f} us")
     print(f"check cost         : {100 * (on - off) / off:+.1f}% of a step")
+    # The noise: the same difference round by round (pairs run back to back).
+    paired = sorted(
+        100 * (a - b) / b
+        for a, b in zip(times["check"], times["no check"], strict=True)
+    )
+    q = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
+    print(
+        f"  per round        : median {statistics.median(paired):+.1f}%, quartiles "
+        f"{q[0]:+.1f}% / {q[2]:+.1f}%, range {paired[0]:+.1f}% .. {paired[-1]:+.1f}%"
+    )
+    spread = sorted(100 * (t / off - 1) for t in times["no check"])
+    print(
+        f"  noise            : the step without check varies {spread[0]:+.1f}% .. "
+        f"{spread[-1]:+.1f}% around its median over the rounds"
+    )
     print(
         f"check alone        : {alone * 1e6:8.1f} us = {100 * alone / off:.1f}% of a "
         "step (its own compiled call: an upper bound, dispatch included)"

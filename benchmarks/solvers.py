@@ -407,6 +407,7 @@ class NnxoptMinimize(Solver):
     name = "nnxopt.minimize"
     short = "nnxopt"
     linesearch: str | None = None  # name in nnxopt.linesearch, None = default
+    bfgs: dict[str, Any] | None = None  # keywords of nnxopt.bfgs, None = lbfgs
 
     def __init__(self, task, cfg):
         super().__init__(task, cfg)
@@ -422,6 +423,10 @@ class NnxoptMinimize(Solver):
                     f"nnxopt.lbfgs / nnxopt.linesearch.{self.linesearch} not available"
                 )
             self.tx = nnxopt.lbfgs(memory_size=cfg.memory_size, linesearch=search())
+        if self.bfgs is not None:
+            if not hasattr(nnxopt, "bfgs"):
+                raise Unavailable("nnxopt.bfgs is not available")
+            self.tx = nnxopt.bfgs(**self.bfgs)
 
     def setup(self):
         return self.task.make_model()
@@ -452,6 +457,22 @@ def _minimize_with(search: str) -> type[NnxoptMinimize]:
             "linesearch": search,
         },
     )
+
+
+def _minimize_bfgs(label: str, short: str, **options: Any) -> type[NnxoptMinimize]:
+    return type(
+        f"NnxoptMinimize_{short}",
+        (NnxoptMinimize,),
+        {"name": f"nnxopt.minimize ({label})", "short": short, "bfgs": options},
+    )
+
+
+#: nnxopt's dense BFGS family (``nnxopt.bfgs``), against optimistix ``BFGS``.
+BFGS_FAMILY = (
+    _minimize_bfgs("bfgs", "nnxopt-B"),
+    _minimize_bfgs("ss-BFGS", "nnxopt-ssB", self_scaling=True),
+    _minimize_bfgs("ss-Broyden", "nnxopt-ssBr", self_scaling=True, broyden_phi=None),
+)
 
 
 class NnxoptMinimizeStep(Solver):
@@ -508,6 +529,8 @@ SOLVERS: tuple[type[Solver], ...] = (
     *(_minimize_with(s) for s in LINESEARCHES),
     NnxoptMinimizeStep,
 )
+#: Adapters run only when named with ``--solvers`` (not in the default run).
+OPTIONAL: tuple[type[Solver], ...] = BFGS_FAMILY
 
 #: How each peer's stopping rule maps onto (gtol, maxiter).
 NOTES = {

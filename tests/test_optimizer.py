@@ -786,6 +786,40 @@ def test_an_error_in_value_fn_reaches_the_user_with_a_note(form):
     assert int(opt.step[...]) == 0
 
 
+@pytest.mark.parametrize(
+    ("concrete", "form"),
+    [
+        (float, "state"),
+        (lambda v: v.item(), "model"),
+        (lambda v: jnp.asarray(np.asarray(v)), "model_fn"),
+    ],
+    ids=["float-state", "item-model", "np.asarray-model_fn"],
+)
+def test_a_value_fn_making_a_traced_value_concrete_is_explained(concrete, form):
+    model = MLP()
+    graphdef = nnx.graphdef(model)
+    opt = nnxopt.Optimizer(model, nnxopt.lbfgs(), wrt=nnx.Param)
+    loss, grads = nnx.value_and_grad(mse)(model)
+    kept = nnx.state(model, nnx.Param)
+
+    def model_level(m):
+        return concrete(mse(m))
+
+    value_fn = {
+        "state": lambda state: model_level(nnx.merge(graphdef, state)),
+        "model": model_level,
+        "model_fn": nnxopt.model_fn(model_level),
+    }[form]
+    with pytest.raises(
+        TypeError,
+        match=r"Optimizer\.update: value_fn turned a traced array into a Python "
+        r"value .*compute with jnp",
+    ):
+        opt.update(model, grads, value=loss, value_fn=value_fn)
+    jax.tree.map(np.testing.assert_array_equal, nnx.state(model, nnx.Param), kept)
+    assert int(opt.step[...]) == 0
+
+
 def test_value_fn_and_form_wrappers_must_be_callable():
     model = MLP()
     opt = nnxopt.Optimizer(model, optax.lbfgs(), wrt=nnx.Param)

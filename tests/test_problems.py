@@ -184,3 +184,32 @@ def test_nnx_sizes_are_parameterisable():
     assert problems.mlp_regression(width=4).num_params() == 3 * 4 + 1
     big = problems.mlp_regression(width=220, depth=3)
     assert 9e4 < big.num_params() < 1.1e5
+
+
+def test_burgers_reference_solves_the_pde_and_the_residual_is_right():
+    # The residual against a closed-form solution: u = x / (t + 1) has
+    # u_t = -x / (t + 1)^2 = -u u_x and u_xx = 0.
+    xt = jnp.asarray([[0.3, 0.2], [-0.7, 0.9], [0.1, 0.0]], jnp.float64)
+    r = problems.burgers_residual(lambda p: p[0] / (p[1] + 1.0), xt, 0.5)
+    np.testing.assert_allclose(np.asarray(r), 0.0, atol=1e-14)
+    # The Cole-Hopf reference: initial and boundary values, and the PDE by
+    # central differences (step 1e-4: truncation error ~1e-8 * |u'''|, about
+    # 1e-5 here where the front is steepest at t = 0.3).
+    x = np.linspace(-0.9, 0.9, 19)
+    u = problems.burgers_solution
+    np.testing.assert_allclose(u(x, 0.0), -np.sin(np.pi * x), atol=1e-15)
+    np.testing.assert_allclose(u(np.array([-1.0, 1.0]), 0.7), 0.0, atol=1e-12)
+    t, h = 0.3, 1e-4
+    u_t = (u(x, t + h) - u(x, t - h)) / (2 * h)
+    u_x = (u(x + h, t) - u(x - h, t)) / (2 * h)
+    u_xx = (u(x + h, t) - 2 * u(x, t) + u(x - h, t)) / h**2
+    residual = u_t + u(x, t) * u_x - problems.BURGERS_NU * u_xx
+    assert np.max(np.abs(residual)) < 1e-4 * np.max(np.abs(u_t))
+
+
+def test_burgers_pinn_factory():
+    q = problems.pinn_burgers_1d(width=4, depth=1, num_x=4, num_t=3, dtype=jnp.float64)
+    fn, x0 = problems.nnx_flat(q)
+    f, g = jax.jit(jax.value_and_grad(fn))(jnp.asarray(x0))
+    assert np.isfinite(float(f)) and float(f) > 0 and bool(jnp.all(jnp.isfinite(g)))
+    assert problems.pinn_burgers_1d(dtype=jnp.float64).num_params() == 921

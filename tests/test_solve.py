@@ -334,6 +334,19 @@ def test_search_status_has_its_own_enum_and_old_names_warn():
     assert not Status.INTERRUPTED.success and "Ctrl-C" in Status.INTERRUPTED.message
     # The failure codes a solve reports are the search's own.
     assert SearchStatus.LINESEARCH_FAILED == Status.LINESEARCH_FAILED
+    assert SearchStatus.AT_ROUNDOFF == Status.CONVERGED_ROUNDOFF
+
+
+def test_the_faq_has_a_section_for_every_status():
+    import pathlib
+    import re
+
+    faq = pathlib.Path(__file__).parents[1] / "docs" / "faq.md"
+    sections = re.findall(r"^### `(\w+)\.(\w+)`$", faq.read_text(), re.MULTILINE)
+    # Every member of both enums, and no section for a member that is gone.
+    expected = [("Status", s.name) for s in Status]
+    expected += [("SearchStatus", s.name) for s in SearchStatus]
+    assert sorted(sections) == sorted(expected)
 
 
 # ---------------------------------------------------------------------------
@@ -478,6 +491,30 @@ def test_a_callback_that_raises_stops_the_solve_and_reaches_the_user():
     )
     with pytest.raises(_Boom):
         solve(weighted, jnp.zeros(3), callback=cb)
+
+
+@pytest.mark.parametrize("how", ["raise", "return True"])
+def test_a_callback_stop_leaves_the_last_accepted_iterate_not_the_best(how):
+    # SGD with learning rate 1.5 on w**2 multiplies w by 1 - 2 * 1.5 = -2 per
+    # step: every iterate is worse than the start, so the best point (the
+    # start) and the last accepted iterate (-2, then 4 after iteration 2) differ.
+    def cb(info):
+        if info.iteration == 2:
+            if how == "raise":
+                raise _Boom("stop")
+            return True
+        return None
+
+    model = WallModel()
+    model.w[...] = jnp.ones(3, jnp.float32)
+    loss = lambda m: jnp.sum(m.w[...] ** 2)  # noqa: E731
+    if how == "raise":
+        with pytest.raises(_Boom):
+            nnxopt.minimize(loss, model, tx=optax.sgd(1.5), callback=cb)
+    else:
+        res = nnxopt.minimize(loss, model, tx=optax.sgd(1.5), callback=cb)
+        assert res.status is Status.CALLBACK_STOP and float(res.fun) == 48.0
+    np.testing.assert_array_equal(np.asarray(model.w[...]), np.full(3, 4.0))
 
 
 def test_a_loss_calling_float_on_a_traced_value_is_explained():

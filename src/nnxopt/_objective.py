@@ -120,17 +120,25 @@ class Objective:
         return unpack_loss(self.call, out, self.has_aux, "loss_fn")
 
 
+#: JAX's errors for a traced value turned into a Python or NumPy value.
+_TRACER_ERRORS = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerArrayConversionError,
+    jax.errors.TracerIntegerConversionError,
+)
+
+
 @contextlib.contextmanager
 def explain_tracer_errors(call: str, name: str) -> Iterator[None]:
     """Turn JAX's error for a traced value made concrete (``float(x)``,
     ``if x:``) inside the user's loss into one that says what to do."""
     try:
         yield
-    except jax.errors.ConcretizationTypeError as err:
+    except _TRACER_ERRORS as err:
         raise TypeError(
             f"{call}: {name} turned a traced array into a Python value "
-            f"({type(err).__name__}: float(), int(), bool(), `if x:` or "
-            "np.asarray on an array). nnxopt compiles the loss with jax, so "
+            f"({type(err).__name__}: float(), .item(), int(), bool(), `if x:` "
+            "or np.asarray on an array). nnxopt compiles the loss with jax, so "
             "inside it values are traced: compute with jnp, use jnp.where for "
             "branches and return the array; call float() on the result "
             "outside the loss."
@@ -399,12 +407,14 @@ def params_fn(
         decided = decision[0]
         if decided is None:
             cache_key = (key, tree_avals((args, kwargs)))
-            decided = decision[0] = resolve_form(
-                user, callers, (params, args, kwargs), cache_key, name, call
-            )
+            with explain_tracer_errors(call, name):
+                decided = decision[0] = resolve_form(
+                    user, callers, (params, args, kwargs), cache_key, name, call
+                )
         form, why = decided
         try:
-            return callers[form](params, *args, **kwargs)
+            with explain_tracer_errors(call, name):
+                return callers[form](params, *args, **kwargs)
         except Exception as err:
             err.add_note(
                 f"nnxopt: {call} called {name} as {_FORM_WORDS[form]}, because "
@@ -475,6 +485,12 @@ def resolve_form(
             pass
         return form, why
     state_error, model_error = errors["state"], errors["model"]
+    if isinstance(model_error, _TRACER_ERRORS) and not isinstance(
+        state_error, _TRACER_ERRORS
+    ):
+        # The model form got as far as making a traced value concrete: that is
+        # the user's error to fix (explain_tracer_errors explains it).
+        raise model_error from state_error
     state_error.add_note(
         f"nnxopt: {call} could not call {name} in either form. Called with the "
         "wrt-filtered nnx.State (nnx.Optimizer's form, tried first) it raised the "

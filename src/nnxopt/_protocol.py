@@ -15,7 +15,9 @@ not searched). A field is used only if exactly one is found. The fields:
     ``value``, counts as a failed search (unless ``status`` says more).
 ``status`` (``int32`` scalar, a :class:`nnxopt.linesearch.SearchStatus` code)
     The outcome of the last search; ``LINESEARCH_FAILED`` and ``NON_FINITE`` are
-    failures.
+    failures; so is ``AT_ROUNDOFF`` (no decrease resolvable in the loss's
+    precision), but a solve whose last try ends so reports
+    ``Status.CONVERGED_ROUNDOFF`` instead of ``LINESEARCH_FAILED``.
 ``num_value_evals`` and ``num_grad_evals`` (``int32`` scalars)
     The loss and gradient evaluations the last update made (a value evaluated
     together with its gradient counts once in each). They become ``nfev`` and
@@ -59,6 +61,7 @@ from ._status import SearchStatus
 PyTree = Any
 _INT = jnp.int32
 _FAILED = (int(SearchStatus.LINESEARCH_FAILED), int(SearchStatus.NON_FINITE))
+_ROUNDOFF = int(SearchStatus.AT_ROUNDOFF)
 
 
 def find_fields(state: PyTree, name: str, params: PyTree) -> list[Any]:
@@ -199,6 +202,13 @@ class Capabilities:
             code = jnp.asarray(_one(state, "status", params), _INT)
             return (code == _FAILED[0]) | (code == _FAILED[1])
         return (lr == 0) | (value > previous)
+
+    def at_roundoff(self, state: PyTree, params: PyTree) -> jax.Array:
+        """Whether the last search found no decrease resolvable in the loss's
+        precision (``AT_ROUNDOFF``; ``False`` without a search status)."""
+        if not (self.search and self.status):
+            return jnp.asarray(False)
+        return jnp.asarray(_one(state, "status", params), _INT) == _ROUNDOFF
 
 
 def extra_args(

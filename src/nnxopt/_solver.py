@@ -406,7 +406,12 @@ class Solver:
         gn = self._grad_norm(x, g, dtype)
         finite = all_finite(x) & jnp.isfinite(f) & all_finite(g)
         lr = caps.learning_rate(opt_state, state.params, dtype)
-        failed = caps.failed(opt_state, state.params, lr, f_ls, state.value)
+        # A search that made no step because no decrease is resolvable
+        # (SearchStatus.AT_ROUNDOFF) counts as a failed one, so the transform
+        # retries exactly as before (a reset memory); if the last try is at
+        # round-off too, the solve has converged to working precision.
+        flat = caps.at_roundoff(opt_state, state.params) & jnp.isfinite(state.value)
+        failed = caps.failed(opt_state, state.params, lr, f_ls, state.value) | flat
         accept = finite & ~failed
         # A search step that leaves the loss exactly unchanged made no progress
         # (a tiny step against a wall of non-finite values, or the floor of the
@@ -420,6 +425,7 @@ class Solver:
         status = first_status(
             (~finite, Status.NON_FINITE),
             (accept & (gn <= gtol), Status.CONVERGED_GTOL),
+            (flat & (fails >= caps.retries), Status.CONVERGED_ROUNDOFF),
             (fails >= caps.retries, Status.LINESEARCH_FAILED),
             (
                 accept & (f_ls < state.value) & (rel <= ftol) if caps.search else False,
@@ -447,11 +453,12 @@ class Solver:
     ) -> tuple[PyTree, PyTree, jax.Array, jax.Array, Any, jax.Array]:
         """The point a solve returns: ``(params, written, fun, grad_norm, aux, nfev)``.
 
-        The last iterate if the solve converged or was interrupted, else the best
+        The last accepted iterate if the solve converged or was stopped by the
+        user (Ctrl-C, or a callback that returned True or raised), else the best
         one (never a non-finite point). With ``has_aux`` and a transform whose
         value is reused, ``aux`` costs one evaluation (counted in ``nfev``).
         """
-        keep_last = is_success_or_interrupted(state.status)
+        keep_last = returns_last_iterate(state.status)
         last = (state.params, state.written, state.value, state.grad_norm, state.aux)
         b = state.best
         x, written, fun, gnorm, aux = select(
@@ -468,8 +475,12 @@ class Solver:
         return x, written, fun, gnorm, aux, nfev
 
 
-def is_success_or_interrupted(code: jax.Array) -> jax.Array:
-    """Whether a solve ending with ``code`` returns its last iterate (jit-safe)."""
-    keep = (Status.CONVERGED_GTOL, Status.CONVERGED_FTOL, Status.INTERRUPTED)
+def returns_last_iterate(code: jax.Array) -> jax.Array:
+    """Whether a solve ending with ``code`` returns its last accepted iterate
+    (jit-safe): a convergence, or a stop by the user (Ctrl-C, the callback)."""
+    keep = (
+        Status.CONVERGED_GTOL, Status.CONVERGED_FTOL, Status.CONVERGED_ROUNDOFF,
+        Status.INTERRUPTED, Status.CALLBACK_STOP,
+    )  # fmt: skip
     code = jnp.asarray(code, _INT)
-    return (code == keep[0]) | (code == keep[1]) | (code == keep[2])
+    return functools.reduce(jnp.logical_or, [code == k for k in keep])

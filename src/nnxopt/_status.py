@@ -15,7 +15,8 @@ class SearchStatus(enum.IntEnum):
 
     Carried in a search's state as an ``int32`` ``status``; turn it back with
     ``SearchStatus(int(code))``. The codes of the two failures are those of the
-    matching :class:`Status` members, so a solve reports them unchanged.
+    matching :class:`Status` members, so a solve reports them unchanged;
+    ``AT_ROUNDOFF`` (13) ends a solve as ``Status.CONVERGED_ROUNDOFF`` (13).
 
     Example:
         >>> from nnxopt.linesearch import SearchStatus
@@ -29,6 +30,7 @@ class SearchStatus(enum.IntEnum):
     STEP_TOO_SMALL = 11
     LINESEARCH_FAILED = 5
     NON_FINITE = 6
+    AT_ROUNDOFF = 13
 
     @property
     def message(self) -> str:
@@ -61,6 +63,12 @@ SEARCH_MESSAGES: dict[SearchStatus, str] = {
     SearchStatus.NON_FINITE: (
         "line search: the loss or slope is non-finite at the start or at every "
         "trial; the zero step was taken"
+    ),
+    SearchStatus.AT_ROUNDOFF: (
+        "line search: no step decreased the loss, and the decrease the slope "
+        "predicts for the first trial step is within the loss's rounding error "
+        "(a minimum to working precision along this direction); the zero step "
+        "was taken"
     ),
 }
 
@@ -105,6 +113,7 @@ class Status(enum.IntEnum, metaclass=_StatusType):
     NON_FINITE = 6
     CALLBACK_STOP = 7
     INTERRUPTED = 12
+    CONVERGED_ROUNDOFF = 13
 
     @property
     def message(self) -> str:
@@ -131,14 +140,25 @@ MESSAGES: dict[Status, str] = {
         "stopped: the loss or gradient became non-finite; the model was left "
         "at the best finite point"
     ),
-    Status.CALLBACK_STOP: "stopped: the callback returned True",
+    Status.CALLBACK_STOP: (
+        "stopped: the callback returned True; the parameters are the last "
+        "accepted iterate"
+    ),
     Status.INTERRUPTED: (
         "stopped: interrupted (Ctrl-C); the parameters are the last accepted "
         "iterate, pass state= to resume"
     ),
+    Status.CONVERGED_ROUNDOFF: (
+        "converged: no decrease of the loss is resolvable in its floating-point "
+        "precision along the search direction (the line search's predicted "
+        "decrease is within the loss's rounding error); the gradient norm may "
+        "be above gtol"
+    ),
 }
 
-_SUCCESS = frozenset({Status.CONVERGED_GTOL, Status.CONVERGED_FTOL})
+_SUCCESS = frozenset(
+    {Status.CONVERGED_GTOL, Status.CONVERGED_FTOL, Status.CONVERGED_ROUNDOFF}
+)
 
 
 def is_success(code: jnp.ndarray) -> jnp.ndarray:

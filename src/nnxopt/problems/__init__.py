@@ -13,7 +13,9 @@ Four families, all plain data plus functions:
   closed-form solution and an L2-regularised logistic regression.
 - :class:`NNXProblem`: a factory-built ``flax.nnx`` model with its data and a
   ``loss_fn(model, *batch)`` (MLP regression, 1-D and 2-D Poisson PINNs, a
-  BatchNorm model in training mode). Sizes are arguments.
+  BatchNorm model in training mode; not in ``nnx_problems()``, a 1-D viscous
+  Burgers PINN, ``pinn_burgers_1d``, with its Cole–Hopf reference solution
+  ``burgers_solution``). Sizes are arguments.
 - :class:`BoundedProblem`: a problem with box bounds (``bounded_problems()``:
   Hock–Schittkowski problems with bounds, bounded Rosenbrock and quadratics,
   non-negative and bounded least squares, a GP marginal likelihood), and
@@ -58,6 +60,10 @@ from ._bounded import gp_data as gp_data
 from ._bounded import gp_negative_log_likelihood as gp_negative_log_likelihood
 from ._bounded import least_squares_data as least_squares_data
 from ._bounded import stack_bounded as stack_bounded
+from ._burgers import BURGERS_NU as BURGERS_NU
+from ._burgers import burgers_residual as burgers_residual
+from ._burgers import burgers_solution as burgers_solution
+from ._burgers import pinn_burgers_1d as pinn_burgers_1d
 from ._fits import LOGISTIC_F_STAR as LOGISTIC_F_STAR
 from ._fits import LOGISTIC_L2 as LOGISTIC_L2
 from ._fits import linear_least_squares as linear_least_squares
