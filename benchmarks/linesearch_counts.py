@@ -10,6 +10,7 @@ iterations), and the geometric mean of the ratio to scipy over the problems
 every solver reached.
 
     python -m benchmarks.linesearch_counts [--problems rosenbrock beale ...]
+        [--searches more_thuente ...] [--dtypes f64 f32]
 """
 
 from __future__ import annotations
@@ -110,8 +111,18 @@ def _nnxopt(fn, x0, search, dtype):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--problems", nargs="+", default=list(DEFAULT))
+    ap.add_argument("--searches", nargs="+", default=list(SEARCHES))
+    ap.add_argument("--dtypes", nargs="+", default=["f64", "f32"])
     args = ap.parse_args(argv)
-    cols = [f"{s} f64" for s in SEARCHES] + [f"{s} f32" for s in SEARCHES]
+    dtypes = [
+        d for name, d in (("f64", jnp.float64), ("f32", jnp.float32))
+        if name in args.dtypes
+    ]  # fmt: skip
+    cols = [
+        f"{s} {'f64' if d == jnp.float64 else 'f32'}"
+        for d in dtypes
+        for s in args.searches
+    ]
     print("| problem | n | scipy f64 | " + " | ".join(cols) + " |")
     print("|---|---:|---:|" + "---:|" * len(cols))
     ratios: dict[str, list[float]] = {c: [] for c in cols}
@@ -121,8 +132,8 @@ def main(argv=None):
         target = f_ref + TAU * (f0 - f_ref)
         ref = _to_target(best, np.arange(1, len(best) + 1), target)
         cells = []
-        for dtype in (jnp.float64, jnp.float32):
-            for search in SEARCHES:
+        for dtype in dtypes:
+            for search in args.searches:
                 if dtype == jnp.float32:  # float32 arithmetic throughout,
                     with jax.enable_x64(False):  # constants of the loss included
                         values, nfev, _ = _nnxopt(fn, x0, search, dtype)

@@ -19,7 +19,7 @@ hits). It also counts traces of the loss on a second call with new data of
 the same shapes (0: no retrace), and the cost of the Ctrl-C poll (``solve``
 with the poll against ``solve`` without it).
 
-    python -m benchmarks.overhead [--repeats 21] [--compiles 3]
+    python -m benchmarks.overhead [--repeats 21] [--compiles 3] [--only NAME]
 """
 
 from __future__ import annotations
@@ -281,6 +281,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=21)
     ap.add_argument("--compiles", type=int, default=3)
+    ap.add_argument(
+        "--only", default="", help="run the problems whose name contains this"
+    )
     opts = ap.parse_args(argv)
     print(f"jax {jax.__version__}, optax {optax.__version__}, {jax.devices()[0]}")
     print(
@@ -290,6 +293,8 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     rows = []
     for prob in problems():
+        if opts.only not in prob.name:
+            continue
         r = measure(prob, opts.repeats, opts.compiles)
         rows.append(r)
         print(

@@ -125,6 +125,18 @@ def test_resume_equals_one_call(runs):
     assert len(hist.value) == 21 and hist.value[0] == float(first.state.value)
 
 
+def test_history_is_bounded_and_its_last_entry_is_the_latest_iterate(runs, monkeypatch):
+    whole, _, _ = runs
+    monkeypatch.setattr(nnxopt._loop, "MAX_HISTORY", 10)
+    short = solve(watson, nested(WATSON.x0), maxiter=40)
+    assert same(short.params, whole.params) and int(short.nit) == 40
+    full = whole.history
+    assert len(short.history.value) == 11
+    for got, want in zip(short.history, full, strict=True):
+        np.testing.assert_array_equal(np.asarray(got)[:10], np.asarray(want)[:10])
+        assert np.asarray(got)[10] == np.asarray(want)[40]
+
+
 def test_maxiter_is_a_budget_of_the_whole_solve(runs):
     _, first, _ = runs
     again = solve(watson, first.params, maxiter=20, state=first.state)

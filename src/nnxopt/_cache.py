@@ -13,6 +13,7 @@ import types
 from collections.abc import Callable, Hashable
 from typing import Any
 
+import jax
 import numpy as np
 
 _COMPILED: dict[Hashable, Any] = {}
@@ -33,10 +34,31 @@ def compiled(key: Hashable, factory: Callable[[], Any]) -> Any:
     return value
 
 
+class _Key:
+    """A structural key with its hash computed once (tuples recompute theirs,
+    which for a transform's deep key costs more than the rest of a call)."""
+
+    __slots__ = ("_hash", "key")
+
+    def __init__(self, key: Hashable) -> None:
+        self.key = key
+        self._hash = hash(key)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (
+            isinstance(other, _Key)
+            and self._hash == other._hash
+            and self.key == other.key
+        )
+
+
 @functools.lru_cache(maxsize=256)
 def transform_key(tx: Any) -> Hashable:
     """``structural_key(tx)``, memoised per transform object (they are hashable)."""
-    return structural_key(tx)
+    return _Key(structural_key(tx))
 
 
 def structural_key(obj: Any, _depth: int = 0) -> Hashable:
@@ -88,11 +110,10 @@ def structural_key(obj: Any, _depth: int = 0) -> Hashable:
         except TypeError:
             return ("id", id(obj))
         return ("dict", tuple((k, structural_key(v, d)) for k, v in items))
-    if hasattr(obj, "shape") and hasattr(obj, "dtype"):
-        try:
-            arr = np.asarray(obj)
-        except Exception:  # a tracer: no value to key on
-            return ("id", id(obj))
+    if isinstance(obj, jax.core.Tracer):  # no value to key on
+        return ("id", id(obj))
+    if isinstance(obj, jax.Array | np.ndarray | np.generic):
+        arr = np.asarray(obj)
         if arr.size <= 4096:
             return ("array", arr.shape, str(arr.dtype), arr.tobytes())
         return ("id", id(obj))

@@ -41,6 +41,10 @@ PyTree = Any
 _INT = jnp.int32
 #: Target wall time of one chunk of an interruptible solve.
 CHUNK_SECONDS = 0.25
+#: The most iterations a history records (past them its last entry holds the
+#: latest iterate), so that a huge ``maxiter`` does not allocate a huge
+#: buffer: 2 MB in float64.
+MAX_HISTORY = 100_000
 #: ``limit`` of a solve that runs in one chunk.
 NO_LIMIT = 2**31 - 1
 
@@ -50,7 +54,10 @@ class MinimizeHistory(NamedTuple):
 
     Entry ``k`` is the ``k``-th iterate accepted by this call (``0`` is its
     starting point, the resumed point when ``state=`` was given). Arrays have
-    length ``maxiter + 1``; unused entries are ``nan`` (and ``-1`` for ``nfev``).
+    length ``min(maxiter, MAX_HISTORY) + 1`` (``MAX_HISTORY`` is 100,000: a
+    huge ``maxiter`` does not allocate a huge buffer; past it, the last entry
+    holds the latest iterate); unused entries are ``nan`` (and ``-1`` for
+    ``nfev``).
     Use :meth:`trim` to drop the padding.
 
     Attributes:
@@ -96,24 +103,32 @@ class LoopOptions:
     """Static options of the loop (part of the compilation key).
 
     Attributes:
-        maxiter: the length of the history minus one (the solver's ``maxiter``).
+        maxiter: the solver's ``maxiter`` (it sets the history's length).
         hosted: a callback or progress bar runs on the host each iteration.
+        history: the length of the history.
     """
 
     maxiter: int
     hosted: bool = False
+    history: int = 0
+
+    @classmethod
+    def of(cls, maxiter: int, hosted: bool) -> LoopOptions:
+        """The options of a loop; the history has ``min(maxiter, MAX_HISTORY) + 1``
+        entries."""
+        return cls(maxiter, hosted, min(maxiter, MAX_HISTORY) + 1)
 
 
 class _Carry(NamedTuple):
     state: SolverState
     history: tuple
     steps: jax.Array
+    nfev: jax.Array  # at the last accepted iterate
 
 
-def new_history(state: SolverState, maxiter: int) -> MinimizeHistory:
-    """The history of a call starting at ``state`` (entry 0), length ``maxiter + 1``."""
+def new_history(state: SolverState, n: int) -> MinimizeHistory:
+    """The history of a call starting at ``state`` (entry 0), of length ``n``."""
     dtype = state.value.dtype
-    n = maxiter + 1
     return MinimizeHistory(
         jnp.full((n,), jnp.nan, dtype).at[0].set(state.value),
         jnp.full((n,), jnp.nan, dtype).at[0].set(state.grad_norm),
@@ -142,7 +157,7 @@ def run(
     ``nit0`` is the iteration count at the start of the call: accepted
     iteration ``nit`` is history entry ``nit - nit0``.
     """
-    n = options.maxiter + 1
+    n = options.history
 
     def body(c: _Carry) -> _Carry:
         # True unbatched; under vmap, False for the members already done
@@ -158,23 +173,28 @@ def run(
                 | (status == Status.MAX_FEV)
             )
             status = jnp.where(accept & stop & stoppable, Status.CALLBACK_STOP, status)
-        # A rejected iteration writes out of bounds (dropped): no read of the
-        # buffers, so XLA updates them in place.
-        i = jnp.where(accept, s.nit - nit0, n)
-        history = tuple(
-            h.at[i].set(v.astype(h.dtype), mode="drop")
-            for h, v in zip(c.history, (s.value, s.grad_norm, s.nfev), strict=True)
-        )
+        # Under vmap the members already done keep their state (selected).
         s = _batch.keep_running(
             running, s._replace(status=status.astype(_INT)), c.state
         )
-        return _Carry(s, history, c.steps + 1)
+        # Entry nit - nit0 always holds the current iterate (a rejected step
+        # rewrites it with the same values, nfev included): an unconditional
+        # dynamic_update_slice, which XLA does in place. Past the end of the
+        # history, the last entry holds the latest iterate.
+        i = jnp.minimum(s.nit - nit0, n - 1)
+        nfev = jnp.where(accept, s.nfev, c.nfev)
+        history = tuple(
+            jax.lax.dynamic_update_index_in_dim(h, v.astype(h.dtype), i, 0)
+            for h, v in zip(c.history, (s.value, s.grad_norm, nfev), strict=True)
+        )
+        return _Carry(s, history, c.steps + 1, nfev)
 
     def cond(c: _Carry) -> jax.Array:
         # any member running (unbatched): no per-member select of the history
         return _batch.any_member(~solver.terminate(c.state)) & (c.steps < limit)
 
-    init = _Carry(state, tuple(history), jnp.zeros((), _INT))
+    nfev = history.nfev[jnp.minimum(state.nit - nit0, n - 1)]
+    init = _Carry(state, tuple(history), jnp.zeros((), _INT), nfev)
     out = jax.lax.while_loop(cond, body, init)
     return out.state, MinimizeHistory(*out.history)
 

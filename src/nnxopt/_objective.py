@@ -21,6 +21,7 @@ import weakref
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
+import flax.errors
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -426,6 +427,20 @@ def params_fn(
     return level
 
 
+#: What calling a function with the wrong form (a State for a model, or a model
+#: for a State) raises: an object without the expected attribute, call,
+#: index or shape; flax's own errors (e.g. ``nnx.merge`` given a module). Any
+#: other exception is the function's own and propagates from the first trial.
+_WRONG_FORM = (
+    TypeError,
+    AttributeError,
+    KeyError,
+    IndexError,
+    ValueError,
+    flax.errors.FlaxError,
+)
+
+
 def resolve_form(
     fn: Callable[..., Any],
     callers: dict[str, Callable[..., Any]],
@@ -466,7 +481,7 @@ def resolve_form(
     for form in ("state", "model"):
         try:
             jax.eval_shape(lambda p, f=form: callers[f](p, *args, **kwargs), params)
-        except Exception as err:
+        except _WRONG_FORM as err:
             errors[form] = err
             continue
         if form == "state":

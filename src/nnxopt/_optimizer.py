@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -16,66 +15,16 @@ from flax.nnx.training.optimizer import to_opt_state
 from ._cache import compiled, transform_key
 from ._objective import Objective, PyTree, params_fn, split_model, tree_avals
 from ._protocol import Capabilities, extra_args
+from ._reuse import ReuseKey, fingerprint
+from ._reuse import tree_equal as _tree_equal
 from ._tree import all_finite as _all_finite
+from ._tree import cast_like, describe, lowest_precision
 from ._tree import combine as _combine
-from ._tree import describe
 from ._tree import partition as _partition
 from ._tree import select as _select
+from ._tree import strong as _strong
 
 M = TypeVar("M")
-
-_EXTRA_ARGS = ("value", "grad", "value_fn", "obj_fn")
-# Multiplier of Knuth's multiplicative hash (2**32 / golden ratio).
-_KNUTH = 2654435761
-
-
-class ReuseKey(NamedTuple):
-    """Where the value and gradient stored in the transform's state hold.
-
-    ``minimize_step`` reuses them only when the model's ``wrt`` parameters equal
-    ``params`` exactly and the arguments' fingerprint equals ``fingerprint``
-    (see :func:`fingerprint`).
-
-    Attributes:
-        params: the iterate the last ``minimize_step`` moved to (a copy of the
-            ``wrt`` parameters), or None for a transform that stores no value
-            and gradient (nothing is reused, nothing is kept).
-        fingerprint: ``float[3]`` checksum of the loss function, the static and
-            array arguments and the non-``wrt`` model state of that call;
-            ``nan`` (never equal) when reuse is not valid.
-    """
-
-    params: Any
-    fingerprint: jax.Array
-
-
-def fingerprint(key: int, trees: Any, dtype: Any) -> jax.Array:
-    """A ``float[3]`` checksum of ``trees``'s array leaves and a static ``key``.
-
-    ``[key mod 2**24, sum_i c_i sum(x_i), sum_i c_i sum(w * x_i)]`` with a
-    per-leaf constant ``c_i`` and pseudo-random weights ``w`` in ``[1, 2)``
-    (a multiplicative hash of the element's index and the leaf's): one fused
-    reduction per leaf. It detects any change of one element that moves the
-    sums by more than their rounding, permutations and swapped leaves; a change
-    crafted to cancel in both sums, or below the rounding of ``dtype``
-    (relative ``~1e-7`` of ``sum(|x|)`` in float32), goes unnoticed.
-    """
-    out = jnp.zeros((3,), dtype).at[0].set(key % 2**24)
-    for i, x in enumerate(jax.tree.leaves(trees)):
-        x = jnp.asarray(x)
-        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
-            x = jax.random.key_data(x)
-        if jnp.issubdtype(x.dtype, jnp.complexfloating):
-            x = jnp.stack([x.real, x.imag])
-        x = x.ravel().astype(dtype)
-        index = jax.lax.iota(jnp.uint32, x.size) + jnp.uint32((i * 40503) % 2**32)
-        w = 1 + ((index * jnp.uint32(_KNUTH)) >> 8).astype(dtype) / 2**24
-        c = 1 + ((i * _KNUTH) % 2**16) / 2**16
-        out = out.at[1:].add(c * jnp.stack([jnp.sum(x), jnp.sum(w * x)]))
-    return out
-
-
-_MISSING_ARG = re.compile(r"missing \d+ required keyword-only argument[s]?: (.*)")
 
 
 class Optimizer(nnx.Optimizer[M]):
@@ -152,7 +101,7 @@ class Optimizer(nnx.Optimizer[M]):
         split_model(model, wrt, graph, "nnxopt.Optimizer")  # validate wrt early
         super().__init__(model, tx, wrt=wrt, graph=graph)
         params = nnx.as_pure(nnx.state(model, wrt, graph=graph))
-        stable = stable_init_state(tx, params, nnx.as_pure(self.opt_state))
+        stable = _strong(nnx.as_pure(self.opt_state), lowest_precision(params))
         nnx.update(self.opt_state, nnx.state(stable, graph=graph))
         # What the optimizer was built for: checked on every call (trace time).
         self.wrt_avals = nnx.static(tree_avals(params))
@@ -244,10 +193,12 @@ class Optimizer(nnx.Optimizer[M]):
         if not isinstance(self.tx, optax.GradientTransformationExtraArgs):
             kwargs = {}  # plain transforms take no extra arguments: ignore them
         opt_state = nnx.as_pure(self.opt_state)
-        with _explain_missing_args(call):
-            updates, new_state = self.tx.update(
-                grad_arrays, opt_state, params, **nnx.as_pure(kwargs)
-            )
+        _check_extra_args(call, self.tx, opt_state, params, kwargs)
+        updates, new_state = self.tx.update(
+            grad_arrays, opt_state, params, **nnx.as_pure(kwargs)
+        )
+        # the state keeps its dtypes (a jitted step compiles once)
+        new_state = cast_like(new_state, opt_state)
         new_params = optax.apply_updates(params, updates)
         ok = _all_finite(new_params)
         new_params = _select(ok, new_params, params)
@@ -496,6 +447,7 @@ def _step(
     updates, new_state = tx.update(
         grad, opt_state, params, **extra_args(tx, value, grad, fn)
     )
+    new_state = cast_like(new_state, opt_state)
     new_params = optax.apply_updates(params, updates)
     ok = _all_finite(new_params)
     new_key = reuse_key
@@ -513,93 +465,6 @@ def _step(
         value,
         aux,
         ok,
-    )
-
-
-def _tree_equal(a: PyTree, b: PyTree) -> jax.Array:
-    """Whether two pytrees of arrays are equal element for element (jit-safe)."""
-    same = [
-        jnp.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
-    ]
-    return jnp.all(jnp.stack(same)) if same else jnp.asarray(True)
-
-
-def accepted_extra_args(
-    tx: optax.GradientTransformation, params: PyTree, state: PyTree
-) -> tuple[str, ...]:
-    """The extra arguments (``value``, ``grad``, ``value_fn``, ``obj_fn``) to pass.
-
-    optax's line searches forward unknown keywords to ``value_fn`` and reject
-    ``obj_fn``, while ``contrib.sophia`` needs it: the answer is found once per
-    transform structure by tracing ``tx.update`` abstractly with each candidate set.
-    """
-    if not isinstance(tx, optax.GradientTransformationExtraArgs):
-        return ()
-    return compiled(
-        ("extra_args", transform_key(tx), jax.tree.structure(params)),
-        lambda: _probe_extra_args(tx, params, state),
-    )
-
-
-def _probe_extra_args(
-    tx: optax.GradientTransformation, params: PyTree, state: PyTree
-) -> tuple[str, ...]:
-    candidates = (_EXTRA_ARGS, ("value", "grad", "value_fn"))
-    for names in candidates:
-        try:
-            jax.eval_shape(
-                lambda p, s, n=names: _abstract_update(tx, p, s, n), params, state
-            )
-        except TypeError:
-            continue
-        return names
-    return candidates[0]  # let the real call raise its own error
-
-
-def _zero_fn(params: PyTree) -> jax.Array:
-    return sum((jnp.sum(x) for x in jax.tree.leaves(params)), jnp.zeros(()))
-
-
-def _abstract_update(
-    tx: optax.GradientTransformation, params: PyTree, state: PyTree, names: tuple
-) -> PyTree:
-    value = jnp.zeros((), jnp.result_type(jax.tree.leaves(params)[0]))
-    every = dict(value=value, grad=params, value_fn=_zero_fn, obj_fn=_zero_fn)
-    return tx.update(params, state, params, **{k: every[k] for k in names})[1]
-
-
-def stable_init_state(
-    tx: optax.GradientTransformation, params: PyTree, state: PyTree
-) -> PyTree:
-    """Give ``tx.init``'s state the exact dtypes ``tx.update`` returns.
-
-    ``optax.lbfgs().init`` returns weakly typed fields that the first update makes
-    strong, so a jitted step would compile twice. The update's output types are
-    found abstractly (``jax.eval_shape``, nothing runs) and the state cast to them.
-    """
-
-    names = accepted_extra_args(tx, params, state)
-    try:
-        out = jax.eval_shape(lambda: _abstract_update(tx, params, state, names))
-    except Exception:  # an unusual transform: fall back to strong types only
-        out = None
-    if out is not None and jax.tree.structure(out) == jax.tree.structure(state):
-        return jax.tree.map(
-            lambda x, o: (
-                jnp.asarray(x, dtype=o.dtype)
-                if isinstance(x, jax.Array | float | int) and hasattr(o, "dtype")
-                else x
-            ),
-            state,
-            out,
-        )
-    return jax.tree.map(
-        lambda x: (
-            jnp.asarray(x, dtype=x.dtype)
-            if isinstance(x, jax.Array) and x.weak_type
-            else x
-        ),
-        state,
     )
 
 
@@ -666,25 +531,30 @@ def _tree_summary(tree: Any, limit: int = 6) -> str:
     return "{" + ", ".join(items[:limit]) + more + "}"
 
 
-class _explain_missing_args:
-    """Turn optax's "missing keyword-only argument" into our own error."""
-
-    def __init__(self, call: str):
-        self.call = call
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, err: Any, tb: Any) -> None:
-        if kind is TypeError and (m := _MISSING_ARG.search(str(err))):
-            names = re.findall(r"'(\w+)'", m.group(1))
-            if any(n in _EXTRA_ARGS for n in names):
-                missing = ", ".join(repr(n) for n in names)
-                raise TypeError(
-                    f"{self.call}: the optax transform needs the extra argument(s) "
-                    f"{missing}, which were not given. Line searches and L-BFGS need "
-                    "value=, grad= and value_fn= (a function of the wrt-filtered state, "
-                    "as for nnx.Optimizer, or of the model). Call "
-                    "`optimizer.minimize_step(model, loss_fn)`, which supplies them "
-                    "all, or pass them to update()."
-                ) from err
+def _check_extra_args(
+    call: str,
+    tx: optax.GradientTransformation,
+    opt_state: PyTree,
+    params: PyTree,
+    kwargs: dict[str, Any],
+) -> None:
+    """Raise our own error, before optax's, when a line-search transform (one
+    whose state declares ``learning_rate`` or a stored ``value`` and ``grad``,
+    see ``nnxopt._protocol``) is called without ``value``, ``grad`` and
+    ``value_fn``."""
+    if not isinstance(tx, optax.GradientTransformationExtraArgs):
+        return
+    caps = Capabilities.of(opt_state, params)
+    if not (caps.search or caps.reuse):
+        return
+    missing = [n for n in ("value", "grad", "value_fn") if n not in kwargs]
+    if missing:
+        names = ", ".join(repr(n) for n in missing)
+        raise TypeError(
+            f"{call}: the optax transform needs the extra argument(s) {names}, "
+            "which were not given. Line searches and L-BFGS need value=, grad= "
+            "and value_fn= (a function of the wrt-filtered state, as for "
+            "nnx.Optimizer, or of the model). Call "
+            "`optimizer.minimize_step(model, loss_fn)`, which supplies them all, "
+            "or pass them to update()."
+        )

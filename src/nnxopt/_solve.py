@@ -33,6 +33,9 @@ from ._tree import combine, describe, lowest_precision, partition
 
 PyTree = Any
 _CALL = "nnxopt.solve"
+_FLOATS = frozenset(
+    jnp.dtype(d) for d in (jnp.float64, jnp.float32, jnp.float16, jnp.bfloat16)
+)
 
 
 @jax.tree_util.register_dataclass
@@ -248,19 +251,33 @@ def solve(
 # The compiled run shared with ``minimize``.
 
 
+#: ``mode`` of :attr:`Runner.run`: start from ``params`` (``init``), from a
+#: given state (``resume``), or continue the previous chunk.
+FRESH, RESUME, CONTINUE = np.int32(0), np.int32(1), np.int32(2)
+#: States up to this size start inside the loop's call (one dispatch per
+#: solve), passing a cached zero state of the right shapes in their place;
+#: larger ones (where a dispatch is negligible) are built by ``start`` first,
+#: so no idle copy of a large state stays cached.
+FUSED_BYTES = 1 << 22
+
+
 @dataclasses.dataclass(frozen=True)
 class Runner:
-    """The two compiled halves of a solve, cached per problem structure.
+    """The compiled pieces of a solve, cached per problem structure.
 
-    ``start(params, state, dynamic, limits)`` builds the state (``init``, or
-    ``resume`` of a given one) and the history; ``advance(state, history, nit0,
-    dynamic, limits, limit, run_id)`` runs at most ``limit`` steps of the loop
-    and returns ``(state, history, out)``, ``out`` holding the
-    :class:`Solution` and the integer counts.
+    ``run(mode, params, state, history, nit0, dynamic, limits, limit, run_id)``
+    starts the solve as ``mode`` says (:data:`FRESH`, :data:`RESUME`,
+    :data:`CONTINUE`; ``state``, ``history`` and ``nit0`` are placeholders of
+    the right shapes where the mode does not read them), runs at most ``limit``
+    steps of the loop and returns ``(state, history, out)``, ``out`` holding the
+    :class:`Solution` fields and the integer counts. One executable serves a
+    fresh solve, a resumed one and every later chunk. ``start(params, state,
+    dynamic, limits)`` builds ``(state, history)`` alone (for large states).
     """
 
+    run: Any
     start: Any
-    advance: Any
+    shapes: Any
 
 
 def compiled_run(
@@ -290,11 +307,15 @@ def compiled_run(
     maxiter = DEFAULT_MAXITER if maxiter is None else int(maxiter)
 
     def make(hosted: bool) -> Runner:
-        options = LoopOptions(maxiter, hosted)
+        options = LoopOptions.of(maxiter, hosted)
         parts = _Parts(make_solver, tx, static, options, prepare)
         return compiled(
             (*key, transform_key(tx), static, options, prepare),
-            lambda: Runner(jax.jit(parts.start), jax.jit(parts.advance)),
+            lambda: Runner(
+                jax.jit(parts.run),
+                jax.jit(parts.start),
+                functools.lru_cache(maxsize=8)(parts.shapes),
+            ),
         )
 
     return make
@@ -302,7 +323,7 @@ def compiled_run(
 
 @dataclasses.dataclass(frozen=True)
 class _Parts:
-    """What the traced halves of a solve are built from (static)."""
+    """What the traced pieces of a solve are built from (static)."""
 
     make_solver: Callable[..., Solver]
     tx: optax.GradientTransformation
@@ -332,21 +353,61 @@ class _Parts:
             state = solver.init(params, *args, **kwargs)
         else:
             state = solver.resume(state)
-        return state, _loop.new_history(state, self.options.maxiter)
+        return state, _loop.new_history(state, self.options.history)
 
-    def advance(
-        self, state: SolverState, history: MinimizeHistory, nit0: jax.Array,
-        dynamic: list, limits: tuple, limit: jax.Array, run_id: jax.Array,
+    def shapes(self, signature: Any) -> tuple[Any, int]:
+        """Placeholders ``(state, history)`` for ``signature`` (see
+        :func:`_signature`) and the state's size in bytes."""
+        params, (dynamic, limits) = jax.tree.unflatten(
+            signature[0],
+            [
+                jax.ShapeDtypeStruct(*leaf[:2], weak_type=leaf[2])
+                for leaf in signature[1]
+            ],
+        )
+        out = jax.eval_shape(self.start, params, None, dynamic, limits)
+        size = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(out[0]))
+        if size > FUSED_BYTES:
+            return None, size
+        return jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), out), size
+
+    def run(
+        self, mode: jax.Array, params: PyTree, state: SolverState,
+        history: MinimizeHistory, nit0: jax.Array, dynamic: list, limits: tuple,
+        limit: jax.Array, run_id: jax.Array,
     ) -> tuple[SolverState, MinimizeHistory, tuple]:  # fmt: skip
-        solver, args, kwargs = self.solver(state.params, dynamic, limits)
+        solver, args, kwargs = self.solver(params, dynamic, limits)
+
+        def started(s: SolverState) -> tuple:
+            return s, _loop.new_history(s, self.options.history), s.nit
+
+        state, history, nit0 = jax.lax.switch(
+            mode,
+            (
+                lambda: started(solver.init(params, *args, **kwargs)),
+                lambda: started(solver.resume(state)),
+                lambda: (state, history, nit0),
+            ),
+        )
         state, history = _loop.run(
             solver, state, history, nit0, args, kwargs, self.options, limit, run_id
         )
         final = solver.final(state, *args, **kwargs)
         # one array: one device-to-host transfer for the integer fields
-        counts = jnp.stack([state.status, state.nit, final[-1], state.njev])
+        counts = jnp.stack([state.status, state.nit, final[-1], state.njev, nit0])
         success = is_success(state.status)
         return state, history, (*final, success, counts.astype(jnp.int32))
+
+
+def _signature(params: PyTree, dynamic: Any) -> Any:
+    """The structure, shapes and dtypes of a solve's array inputs (hashable)."""
+    leaves, treedef = jax.tree.flatten((params, dynamic))
+    return treedef, tuple(
+        (x.shape, x.dtype, getattr(x, "weak_type", False))
+        if hasattr(x, "dtype")
+        else (np.shape(x), jnp.result_type(x), False)
+        for x in leaves
+    )
 
 
 #: Seconds per loop step of each compiled loop, measured on its last run:
@@ -402,14 +463,12 @@ def launch(
     interruptible = not traced and _loop.INTERRUPT.available()
     try:
         with _loop.INTERRUPT if interruptible else contextlib.nullcontext():
-            state, history = runner.start(params, state, dynamic, limits)
-            nit0 = state.nit
+            first = _first_call(runner, params, state, dynamic, limits, traced)
             if interruptible:
-                out = _chunks(runner, state, history, nit0, dynamic, limits, run_id)
+                out = _chunks(runner, first, dynamic, limits, run_id)
             else:
-                no_limit = np.int32(_loop.NO_LIMIT)
-                out = runner.advance(
-                    state, history, nit0, dynamic, limits, no_limit, run_id
+                out = runner.run(
+                    *first, dynamic, limits, np.int32(_loop.NO_LIMIT), run_id
                 )
         state, history, (x, written, fun, gnorm, aux, nfev, success, counts) = out
         solution = Solution(
@@ -424,26 +483,44 @@ def launch(
             bar.close()
 
 
-def _chunks(
+def _first_call(
     runner: Runner,
-    state: SolverState,
-    history: MinimizeHistory,
-    nit0: jax.Array,
+    params: PyTree,
+    state: SolverState | None,
     dynamic: list,
     limits: tuple,
-    run_id: np.int32,
+    traced: bool,
+) -> tuple:
+    """The leading arguments ``(mode, params, state, history, nit0)`` of the
+    first :attr:`Runner.run` call of a solve."""
+    placeholders = None
+    if not traced:
+        placeholders, _ = runner.shapes(_signature(params, (dynamic, limits)))
+    if placeholders is None:  # a large state, or under jit/vmap: start first
+        state, history = runner.start(params, state, dynamic, limits)
+        return CONTINUE, params, state, history, state.nit
+    empty_state, empty_history = placeholders
+    if state is None:
+        return FRESH, params, empty_state, empty_history, np.int32(0)
+    return RESUME, params, state, empty_history, np.int32(0)
+
+
+def _chunks(
+    runner: Runner, first: tuple, dynamic: list, limits: tuple, run_id: np.int32
 ) -> tuple[SolverState, MinimizeHistory, tuple]:
     """Run the loop in chunks of about ``CHUNK_SECONDS``, stopping on Ctrl-C."""
-    key = id(runner.advance)
+    key = id(runner.run)
     rate = _SECONDS_PER_STEP.get(key)
     # Unknown rate (the first call compiles): grow from one step.
     limit, measured = (1, False) if rate is None else (_loop.chunk_steps(rate), True)
+    args = first
     while True:
         t0 = time.perf_counter()
-        state, history, out = runner.advance(
-            state, history, nit0, dynamic, limits, np.int32(limit), run_id
+        state, history, out = runner.run(
+            *args, dynamic, limits, np.int32(limit), run_id
         )
-        status = int(np.asarray(out[-1])[0])  # waits for the chunk
+        counts = np.asarray(out[-1])  # waits for the chunk
+        status = int(counts[0])
         elapsed = time.perf_counter() - t0
         if status != Status.RUNNING or _loop.INTERRUPT.hit:
             break
@@ -451,11 +528,13 @@ def _chunks(
             _SECONDS_PER_STEP[key] = elapsed / limit
         measured = True
         limit = min(4 * limit, _loop.chunk_steps(elapsed / limit))
+        args = (CONTINUE, args[1], state, history, np.int32(counts[4]))
     if status == Status.RUNNING:  # Ctrl-C between chunks: stop here
         state = state._replace(status=jnp.asarray(Status.INTERRUPTED, jnp.int32))
-        return runner.advance(
-            state, history, nit0, dynamic, limits, np.int32(0), run_id
-        )
+        return runner.run(
+            CONTINUE, args[1], state, history, np.int32(counts[4]), dynamic, limits,
+            np.int32(0), run_id,
+        )  # fmt: skip
     return state, history, out
 
 
@@ -489,6 +568,11 @@ def check_params(call: str, params: PyTree, name: str = "params") -> PyTree:
     leaves = jax.tree.leaves(params)
     if not leaves:
         raise ValueError(f"{call}: {name} has no array leaves; got {params!r}.")
+    if all(
+        isinstance(x, jax.Array) and not x.weak_type and x.dtype in _FLOATS
+        for x in leaves
+    ):
+        return params  # the common case, checked cheaply
     params = strong_params(params)
     bad = {
         jax.tree_util.keystr(path) or "<root>": str(jnp.result_type(leaf))

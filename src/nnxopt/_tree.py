@@ -62,7 +62,12 @@ def strong(tree: PyTree, float_dtype: Any) -> PyTree:
 
 def lowest_precision(params: PyTree) -> Any:
     """The floating dtype of ``params`` with the largest machine epsilon."""
-    dtypes = {jnp.dtype(jnp.result_type(x)) for x in jax.tree.leaves(params)}
+    dtypes = {
+        x.dtype if isinstance(x, jax.Array) else jnp.dtype(jnp.result_type(x))
+        for x in jax.tree.leaves(params)
+    }
+    if len(dtypes) == 1:
+        return dtypes.pop()
     return max(dtypes, key=lambda d: float(jnp.finfo(d).eps))
 
 
