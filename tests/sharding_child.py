@@ -23,9 +23,19 @@ RIDGE = 1e-2
 def specs(tree):
     """Each leaf's PartitionSpec as a list of axis names (None: replicated)."""
     return [
-        [jax.tree_util.keystr(k), list(getattr(x.sharding, "spec", ["single"]))]
+        [jax.tree_util.keystr(k), _padded(x)]
         for k, x in jax.tree_util.tree_flatten_with_path(tree)[0]
     ]
+
+
+def _padded(x):
+    """The spec with trailing replicated axes written out: P('x') and
+    P('x', None) are the same sharding of a matrix, and which one XLA reports
+    depends on where the array was made."""
+    spec = getattr(x.sharding, "spec", None)
+    if spec is None:
+        return ["single"]
+    return [*spec, *[None] * (x.ndim - len(spec))]
 
 
 def memory_specs(opt_state):

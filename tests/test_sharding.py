@@ -67,7 +67,11 @@ def test_sharded_solve_matches_unsharded(case):
     else:
         params = {"['W']": ["x", None], "['b']": ["x"]}
         # the memory axis replicated, the parameter's axes as the parameter's
-        memory = {f"[{i}]['{k}']": [None, "x"] for i in (0, 1) for k in ("W", "b")}
+        memory = {
+            f"[{i}]['{k}']": [None, "x", *[None] * (k == "W")]
+            for i in (0, 1)
+            for k in ("W", "b")
+        }
     _expect(r["params"], params)
     _expect(r["grad_final"], params)
     for when in ("memory_init", "memory_final"):

@@ -402,10 +402,10 @@ class _Parts:
 def _signature(params: PyTree, dynamic: Any) -> Any:
     """The structure, shapes and dtypes of a solve's array inputs (hashable)."""
     leaves, treedef = jax.tree.flatten((params, dynamic))
+    # Python scalars (and JAX's typed scalars under a transformation) have no
+    # shape attribute: np.shape and result_type describe every leaf.
     return treedef, tuple(
-        (x.shape, x.dtype, getattr(x, "weak_type", False))
-        if hasattr(x, "dtype")
-        else (np.shape(x), jnp.result_type(x), False)
+        (np.shape(x), jnp.result_type(x), getattr(x, "weak_type", False))
         for x in leaves
     )
 
