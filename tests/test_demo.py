@@ -14,6 +14,27 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXAMPLES = sorted(
     p for p in (ROOT / "examples").glob("*.py") if p.name != "checkpoint_resume.py"
 )
+# Gallery examples costing 10-20 s of CPU each even with --quick (compilation):
+# run with -m slow, and by `python3 run.py docs`. Their cheap defaults: the
+# demo test below (the same Adam-then-L-BFGS PINN), and test_optimizer.py's
+# tests of `wrt=nnx.LoRAParam` and of the state policy (BatchNorm statistics
+# of one forward pass per iteration); the GP fit against scikit-learn has none
+# (logistic_regression_sklearn.py is the default check against scikit-learn).
+SLOW_EXAMPLES = {
+    "pinn_adam_lbfgs.py",
+    "lora_finetune.py",
+    "batchnorm_dropout.py",
+    "gaussian_process_sklearn.py",
+}
+# Examples that compare with scikit-learn: run again under the SSE4.2 guard.
+REFERENCE_EXAMPLES = {"logistic_regression_sklearn.py", "gaussian_process_sklearn.py"}
+
+
+def _example_param(path):
+    marks = [pytest.mark.slow] if path.name in SLOW_EXAMPLES else []
+    if path.name in REFERENCE_EXAMPLES:
+        marks.append(pytest.mark.reference)
+    return pytest.param(path, marks=marks)
 
 
 def _run(args, cwd):
@@ -76,7 +97,9 @@ def test_cli_help_and_unknown_command(tmp_path):
     assert _run(["-m", "nnxopt", "nope"], tmp_path).returncode == 2
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+@pytest.mark.parametrize(
+    "path", [_example_param(p) for p in EXAMPLES], ids=[p.name for p in EXAMPLES]
+)
 def test_example_runs(path, tmp_path):
     proc = _run([str(path), "--quick"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
