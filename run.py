@@ -19,9 +19,11 @@ changes).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -159,28 +161,33 @@ def _test(rest: list[str], env: Env = DEV) -> int:
     )  # fmt: skip
 
 
+def _run_example(script: Path) -> int:
+    """Run one example in ``build/gallery/<name>/``, its output in ``output.txt``."""
+    out = ROOT / "build" / "gallery" / script.stem
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    with open(out / "output.txt", "w") as log, open(out / "stderr.txt", "w") as err:
+        code = subprocess.run(
+            [str(PY), str(script)], cwd=out, stdout=log, stderr=err, env=_env()
+        ).returncode
+    status = "ok" if code == 0 else f"FAILED (exit {code}), see {out / 'stderr.txt'}"
+    print(f"run.py: examples/{script.name}: {status}", flush=True)
+    return code
+
+
 def _docs(rest: list[str]) -> int:
     """Execute every example into ``build/gallery/``, then build the site strictly.
 
-    Each script runs in its own folder there (the plots it writes land beside
-    its printed output, ``output.txt``), which the site's hooks
-    (``docs/_hooks.py``) embed in its gallery page. ``mkdocs.yml`` sets
+    Each script runs in its own folder there, one per core at a time (the plots
+    it writes land beside its printed output, ``output.txt``), which the site's
+    hooks (``docs/_hooks.py``) embed in its gallery page. ``mkdocs.yml`` sets
     ``strict``: a warning (a broken link, a missing reference) fails the build.
     """
     _ensure_env("dev")
-    gallery = ROOT / "build" / "gallery"
-    for script in sorted((ROOT / "examples").glob("*.py")):
-        out = gallery / script.stem
-        out.mkdir(parents=True, exist_ok=True)
-        for old in out.iterdir():
-            old.unlink()
-        print(f"+ {script.relative_to(ROOT)} > {out.relative_to(ROOT)}", flush=True)
-        with open(out / "output.txt", "w") as log:
-            code = subprocess.run(
-                [str(PY), str(script)], cwd=out, stdout=log, env=_env()
-            ).returncode
-        if code:
-            print(f"run.py: {script.name} failed (exit {code})", flush=True)
+    scripts = sorted((ROOT / "examples").glob("*.py"))
+    print(f"run.py: running {len(scripts)} examples into build/gallery/", flush=True)
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        if code := max(pool.map(_run_example, scripts), default=0):
             return code
     return _run(str(PY), "-m", "mkdocs", "build", "--strict", *rest)
 

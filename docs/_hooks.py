@@ -41,16 +41,23 @@ def _rst_literals(text: str) -> str:
     return re.sub(r"``([^`]+)``", r"`\1`", text)
 
 
+def _source_without_docstring(path: pathlib.Path) -> str:
+    """The script's code after its docstring (shown as the page's prose)."""
+    text = path.read_text()
+    body = ast.parse(text).body
+    if (
+        body
+        and isinstance(body[0], ast.Expr)
+        and isinstance(body[0].value, ast.Constant)
+    ):
+        text = "\n".join(text.splitlines()[body[0].end_lineno :])
+    return text.strip()
+
+
 def _example_page(path: pathlib.Path, config: Any, files: Files) -> str:
     title, body = _docstring(path)
     out_dir = GALLERY_OUT / path.stem
-    parts = [
-        f"# {_rst_literals(title)}",
-        _rst_literals(body),
-        f"Source: `examples/{path.name}`.",
-        f"```python\n{path.read_text().rstrip()}\n```",
-        "## Output",
-    ]
+    parts = [f"# {_rst_literals(title)}", _rst_literals(body), "## Output"]
     output = out_dir / "output.txt"
     if output.exists():
         parts.append(f"```text\n{output.read_text().rstrip()}\n```")
@@ -64,6 +71,11 @@ def _example_page(path: pathlib.Path, config: Any, files: Files) -> str:
             "    `python3 run.py docs` runs every example and shows its output "
             "and plots here."
         )
+    parts += [
+        "## Source",
+        f"`examples/{path.name}`:",
+        f"```python\n{_source_without_docstring(path)}\n```",
+    ]
     return "\n\n".join(parts) + "\n"
 
 

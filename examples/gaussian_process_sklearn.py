@@ -94,13 +94,16 @@ def main(quick: bool = False) -> dict[str, float]:
     )
     ours_by_sklearn = ref.log_marginal_likelihood(theta)
 
-    print(f"nnxopt.solve: {sol.message} after {int(sol.nit)} iterations")
+    print(f"nnxopt.solve: {sol.message}")
+    print(f"after {int(sol.nit)} iterations, {int(sol.nfev)} evaluations")
     names = ("amplitude", "length scale", "noise")
     for name, mine, theirs in zip(names, np.exp(theta), np.exp(ref.kernel_.theta)):
         print(f"{name:>12}: nnxopt {mine:.5f}  sklearn {theirs:.5f}")
-    print(f"log marginal likelihood: nnxopt {-float(sol.fun):.6f}, "
-          f"the same by sklearn {ours_by_sklearn:.6f}, "
-          f"sklearn's fit {ref.log_marginal_likelihood_value_:.6f}")  # fmt: skip
+    print(
+        f"log marginal likelihood: nnxopt {-float(sol.fun):.6f} "
+        f"(by sklearn at nnxopt's solution: {ours_by_sklearn:.6f})"
+    )
+    print(f"                         sklearn {ref.log_marginal_likelihood_value_:.6f}")  # fmt: skip
     if not quick:
         plot(sol.params, x, y)
     return {
