@@ -10,6 +10,7 @@ changes).
 
     python3 run.py demo          # train the built-in PINN: Adam, then L-BFGS
     python3 run.py test          # lint, type check and the test suite
+    python3 run.py docs          # run the examples, build the site into site/
     python3 run.py test -m slow  # the long tests (any pytest arguments pass on)
     python3 run.py bench --quick # the benchmarks (adds the bench extra)
     python3 run.py test-lowest   # the same against the oldest jax/flax/optax
@@ -18,9 +19,11 @@ changes).
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -111,16 +114,21 @@ def _lock() -> int:
     )  # fmt: skip
 
 
-def _run(*cmd: str, env: dict[str, str] | None = None) -> int:
-    env = dict(os.environ, **(env or {}))
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ, **(extra or {}))
     env.setdefault("JAX_PLATFORMS", "cpu")
     env.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false")
     # One BLAS thread: on small machines OpenBLAS threads spin against each other
     # and make scipy (the tests' reference) up to 20x slower.
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
     env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("NO_MKDOCS_2_WARNING", "1")  # Material's banner, every build
+    return env
+
+
+def _run(*cmd: str, env: dict[str, str] | None = None) -> int:
     print("+", " ".join(cmd), flush=True)
-    return subprocess.run(cmd, cwd=ROOT, env=env).returncode
+    return subprocess.run(cmd, cwd=ROOT, env=_env(env)).returncode
 
 
 #: The guard against results that hold on one CPU only: the tests that compare
@@ -133,7 +141,8 @@ ISA_GUARD = "--xla_cpu_multi_thread_eigen=false --xla_cpu_max_isa=SSE4_2"
 def _test(rest: list[str], env: Env = DEV) -> int:
     _ensure_env("dev", env)
     py = str(env.python)
-    dirs = ("src", "tests", "benchmarks", "examples")
+    dirs = ("src", "tests", "benchmarks", "examples",
+            "docs/_hooks.py", "docs/_griffe_rst.py")  # fmt: skip
     for cmd in (
         (py, "-m", "ruff", "check", *dirs),
         (py, "-m", "ruff", "format", "--check", *dirs),
@@ -152,8 +161,40 @@ def _test(rest: list[str], env: Env = DEV) -> int:
     )  # fmt: skip
 
 
+def _run_example(script: Path) -> int:
+    """Run one example in ``build/gallery/<name>/``, its output in ``output.txt``."""
+    out = ROOT / "build" / "gallery" / script.stem
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    with open(out / "output.txt", "w") as log, open(out / "stderr.txt", "w") as err:
+        code = subprocess.run(
+            [str(PY), str(script)], cwd=out, stdout=log, stderr=err, env=_env()
+        ).returncode
+    status = "ok" if code == 0 else f"FAILED (exit {code}), see {out / 'stderr.txt'}"
+    print(f"run.py: examples/{script.name}: {status}", flush=True)
+    return code
+
+
+def _docs(rest: list[str]) -> int:
+    """Execute every example into ``build/gallery/``, then build the site strictly.
+
+    Each script runs in its own folder there, one per core at a time (the plots
+    it writes land beside its printed output, ``output.txt``), which the site's
+    hooks (``docs/_hooks.py``) embed in its gallery page. ``mkdocs.yml`` sets
+    ``strict``: a warning (a broken link, a missing reference) fails the build.
+    """
+    _ensure_env("dev")
+    scripts = sorted((ROOT / "examples").glob("*.py"))
+    print(f"run.py: running {len(scripts)} examples into build/gallery/", flush=True)
+    with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        if code := max(pool.map(_run_example, scripts), default=0):
+            return code
+    return _run(str(PY), "-m", "mkdocs", "build", "--strict", *rest)
+
+
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in {"demo", "test", "test-lowest", "bench", "lock"}:
+    jobs = {"demo", "test", "test-lowest", "bench", "lock", "docs"}
+    if not argv or argv[0] not in jobs:
         print(__doc__)
         return 2
     job, rest = argv[0], argv[1:]
@@ -165,6 +206,8 @@ def main(argv: list[str]) -> int:
     if job == "bench":
         _ensure_env("dev,bench")
         return _run(str(PY), "-m", "nnxopt", "bench", *rest)
+    if job == "docs":
+        return _docs(rest)
     if job == "test-lowest":
         return _test(rest, LOWEST_ENV)
     return _test(rest)

@@ -11,10 +11,33 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# checkpoint_resume.py has its own test (tests/test_checkpoint.py).
+# checkpoint_resume.py and multiprocess.py start processes of their own: they
+# have their own tests (tests/test_checkpoint.py, tests/test_multiprocess.py).
+OWN_TESTS = {"checkpoint_resume.py", "multiprocess.py"}
 EXAMPLES = sorted(
-    p for p in (ROOT / "examples").glob("*.py") if p.name != "checkpoint_resume.py"
+    p for p in (ROOT / "examples").glob("*.py") if p.name not in OWN_TESTS
 )
+# Gallery examples costing 10-20 s of CPU each even with --quick (compilation):
+# run with -m slow, and by `python3 run.py docs`. Their cheap defaults: the
+# demo test below (the same Adam-then-L-BFGS PINN), and test_optimizer.py's
+# tests of `wrt=nnx.LoRAParam` and of the state policy (BatchNorm statistics
+# of one forward pass per iteration); the GP fit against scikit-learn has none
+# (logistic_regression_sklearn.py is the default check against scikit-learn).
+SLOW_EXAMPLES = {
+    "pinn_adam_lbfgs.py",
+    "lora_finetune.py",
+    "batchnorm_dropout.py",
+    "gaussian_process_sklearn.py",
+}
+# Examples that compare with scikit-learn: run again under the SSE4.2 guard.
+REFERENCE_EXAMPLES = {"logistic_regression_sklearn.py", "gaussian_process_sklearn.py"}
+
+
+def _example_param(path):
+    marks = [pytest.mark.slow] if path.name in SLOW_EXAMPLES else []
+    if path.name in REFERENCE_EXAMPLES:
+        marks.append(pytest.mark.reference)
+    return pytest.param(path, marks=marks)
 
 
 def _run(args, cwd):
@@ -75,7 +98,9 @@ def test_cli_help_unknown_command_and_unknown_solver(capsys):
     assert "unknown solver newton" in err and "ssbroyden" in err
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+@pytest.mark.parametrize(
+    "path", [_example_param(p) for p in EXAMPLES], ids=[p.name for p in EXAMPLES]
+)
 def test_example_runs(path, tmp_path, monkeypatch):
     # As ``python examples/NAME.py --quick`` would, but in this process: a new
     # process per example would pay JAX's import and start-up again (~5 s).

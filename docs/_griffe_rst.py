@@ -1,0 +1,42 @@
+"""A griffe extension of the site: the reST of nnxopt's docstrings, as Markdown.
+
+The docstrings are Google style, read as Markdown by mkdocstrings, but use a
+few reST constructs (Sphinx roles, ``.. math::`` blocks); rendered as they
+are they show ``:class:`` prefixes and run the maths into one paragraph.
+This rewrites them before rendering: a role keeps its text as code, a math
+block becomes a code block of TeX (the site loads no math renderer: it is
+built and read offline).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import griffe
+
+_ROLE = re.compile(r":(?:class|func|meth|mod|data|attr|exc|obj|math):`([^`]+)`")
+_MATH = re.compile(
+    r"^(?P<indent>[ ]*)\.\. math::\n((?:(?P=indent)[ ]+.*\n|[ ]*\n)+)", re.M
+)
+
+
+def _math_block(match: re.Match[str]) -> str:
+    indent = match.group("indent")
+    body = [line.strip() for line in match.group(2).splitlines() if line.strip()]
+    lines = [f"{indent}```tex", *(f"{indent}{line}" for line in body), f"{indent}```"]
+    return "\n".join(lines) + "\n\n"
+
+
+def to_markdown(text: str) -> str:
+    """Rewrite the reST constructs nnxopt's docstrings use as Markdown."""
+    text = _MATH.sub(_math_block, text + "\n")
+    return _ROLE.sub(r"`\1`", text).rstrip("\n")
+
+
+class RstToMarkdown(griffe.Extension):
+    """Rewrite every docstring with :func:`to_markdown` as it is loaded."""
+
+    def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
+        if obj.docstring is not None:
+            obj.docstring.value = to_markdown(obj.docstring.value)
