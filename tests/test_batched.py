@@ -169,6 +169,7 @@ def mse(model, x, y):
     return jnp.mean((model(x) - y) ** 2) + 1e-2 * jnp.mean(model.kernel[...] ** 2)
 
 
+@pytest.mark.slow  # suite time: 13 s
 def test_nnx_vmap_ensemble_equals_separate_minimize():
     rng = np.random.default_rng(2)
     xs = jnp.asarray(rng.normal(size=(2, 16, 2)))

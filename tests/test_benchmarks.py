@@ -88,6 +88,7 @@ def test_nnxopt_needs_no_more_evaluations_than_scipy_on_the_quick_set(quick_run)
         assert ours <= 1.15 * scipy, (problem, ours, scipy)
 
 
+@pytest.mark.slow  # suite time: 15 s
 def test_suites_cover_nnx_workloads_and_sizes_up_to_1e5():
     import jax.numpy as jnp
 

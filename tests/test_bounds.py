@@ -164,6 +164,7 @@ def _mixed() -> tuple[dict, dict]:
     return params, c
 
 
+@pytest.mark.slow  # suite time: 15-20 s of compilation each
 def test_per_leaf_bounds_on_a_mixed_pytree() -> None:
     params, c = _mixed()
     lower = {"a": 0.0, "b": None, "c": jnp.asarray(-1)}  # int bound: cast
@@ -183,6 +184,7 @@ def test_per_leaf_bounds_on_a_mixed_pytree() -> None:
     assert sol.params["c"].dtype == jnp.float64
 
 
+@pytest.mark.slow  # suite time: 15-20 s of compilation each
 def test_infinite_bounds_take_the_unbounded_path() -> None:
     params, c = _mixed()
     free = nnxopt.solve(_separable, params, c)
@@ -299,6 +301,7 @@ def test_minimize_with_bounds_on_a_model() -> None:
     np.testing.assert_array_equal(other.kernel[...], model.kernel[...])
 
 
+@pytest.mark.slow  # suite time: 15-20 s of compilation each
 def test_minimize_step_with_lbfgsb_follows_minimize() -> None:
     x, y = _data()
     _, result = _minimized()

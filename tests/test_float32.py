@@ -113,7 +113,11 @@ def _seed_runs(name: str, dtype_name: str) -> tuple:
     return tuple(runs)
 
 
-@pytest.mark.parametrize("name", ["mlp", "pinn1d"])
+@pytest.mark.parametrize(
+    # suite time: the MLP's eight solves (26 s) run with -m slow
+    "name",
+    [pytest.param("mlp", marks=pytest.mark.slow), "pinn1d"],
+)
 def test_minimize_float32_defaults_reach_scipy_float64_loss(name):
     # Past a few dozen iterations float32 and float64 trajectories part through
     # round-off, so single-seed ratios scatter (0.26x to 2.2x measured); the

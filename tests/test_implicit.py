@@ -63,6 +63,7 @@ def w_logistic(c, x=X):
     return solve(logistic, jnp.zeros(5), x, LABELS, jnp.asarray(c), **TIGHT).params
 
 
+@pytest.mark.slow  # suite time: its own compilations
 def test_logistic_derivative_matches_finite_differences_of_resolves():
     c, h = 0.5, 1e-4
     grad = jax.jit(jax.jacrev(w_logistic))(c)
@@ -89,6 +90,7 @@ def ridge_aux(w, x, y, lam):
     return ridge(w, x, y, lam), {"residual": residual, "count": jnp.int32(7)}
 
 
+@pytest.mark.slow  # suite time: its own compilations
 def test_has_aux_and_fun_differentiate():
     lam = jnp.asarray(2.0)
 
@@ -123,6 +125,7 @@ def test_non_float_argument_is_a_clear_error():
         jax.grad(first)(3)
 
 
+@pytest.mark.slow  # suite time: its own compilations
 def test_cg_short_of_tolerance_is_reported():
     def first(lam):
         options = nnxopt.ImplicitDiff(maxiter=1)

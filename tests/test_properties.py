@@ -40,7 +40,7 @@ import nnxopt
 
 #: Dimensions (each compiles ``minimize`` once per session).
 DIMS = (1, 2, 5, 13, 50)
-EXAMPLES = 12
+EXAMPLES = 6
 SLOW_EXAMPLES = 200
 #: Tight options: a gradient tolerance relative to the first gradient (so it
 #: is reachable at every scale), no ftol, enough iterations for condition 1e6

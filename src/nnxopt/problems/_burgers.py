@@ -27,8 +27,10 @@ def burgers_residual(u: Callable[[Array], Array], xt: Array, nu: float) -> Array
         >>> import jax.numpy as jnp
         >>> from nnxopt.problems import burgers_residual
         >>> xt = jnp.asarray([[0.3, 0.2]])
-        >>> float(burgers_residual(lambda p: p[0] / (p[1] + 1.0), xt, 0.1)[0])
-        0.0
+        >>> # u = x / (t + 1) solves Burgers' equation: zero up to round-off
+        >>> r = burgers_residual(lambda p: p[0] / (p[1] + 1.0), xt, 0.1)
+        >>> bool(abs(r[0]) < 1e-12)
+        True
     """
 
     def one(p: Array) -> Array:
