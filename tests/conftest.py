@@ -10,13 +10,6 @@ and instruction-set flags. XLA's own key adds the program and its options, so a
 cached program is the one the compiler would produce here and now: the cache
 saves compile time and cannot change a result. ``NNXOPT_TEST_CACHE=0`` turns it
 off; ``NNXOPT_TEST_CACHE=/path`` moves it.
-
-The suite's problems are tiny and its time is compilation: unless
-``XLA_FLAGS`` already sets one, XLA's backend (LLVM) optimisation level is 0
-(measured: 30% less time on compile-bound test files). It changes how fast
-the machine code runs, not what it computes (HLO fusion and floating-point
-semantics are the same; no fast-math). ``NNXOPT_TEST_OPT=1`` keeps XLA's
-default level.
 """
 
 from __future__ import annotations
@@ -27,14 +20,6 @@ import platform
 from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-if os.environ.get("NNXOPT_TEST_OPT") != "1" and (
-    "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", "")
-):
-    # Before JAX reads XLA_FLAGS (at its first computation); subprocesses of
-    # the tests inherit it.
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
-    ).strip()
 
 import jax
 import jaxlib
