@@ -228,14 +228,22 @@ def _spd(n: int, seed: int, cond: float) -> np.ndarray:
     return (q * np.logspace(0, math.log10(cond), n)) @ q.T
 
 
+def _shifted_quadratic(a: np.ndarray, c: np.ndarray) -> Callable[[Array], Array]:
+    """``x -> (x - c)^T A (x - c) / 2`` in the dtype of ``x``."""
+
+    def fn(x: Array) -> Array:
+        r = x - jnp.asarray(c, x.dtype)
+        return 0.5 * r @ (jnp.asarray(a, x.dtype) @ r)
+
+    return fn
+
+
 def quadratic_interior(n: int = 8, seed: int = 2) -> BoundedProblem:
     """``(x - c)^T A (x - c) / 2`` with ``c`` inside ``[-1, 1]^n``: ``x* = c``."""
     a = _spd(n, seed, 1e3)
     c = np.random.default_rng(seed + 1).uniform(-0.8, 0.8, n)
 
-    def fn(x: Array) -> Array:
-        r = x - jnp.asarray(c, x.dtype)
-        return 0.5 * r @ (jnp.asarray(a, x.dtype) @ r)
+    fn = _shifted_quadratic(a, c)
 
     return _problem(
         "quadratic_interior", fn, np.zeros(n), -1.0, 1.0, f_star=0.0, x_star=c,
@@ -248,9 +256,7 @@ def quadratic_active(n: int = 8, seed: int = 3) -> BoundedProblem:
     a = _spd(n, seed, 1e2)
     c = np.random.default_rng(seed + 1).uniform(-3, 3, n)
 
-    def fn(x: Array) -> Array:
-        r = x - jnp.asarray(c, x.dtype)
-        return 0.5 * r @ (jnp.asarray(a, x.dtype) @ r)
+    fn = _shifted_quadratic(a, c)
 
     return _problem(
         "quadratic_active", fn, np.zeros(n), -1.0, 1.0, on_bound=True,
