@@ -153,7 +153,24 @@ def test_user_loop_equals_solve(runs):
     while not solver.terminate(state):
         state = step(state)
     mine = Solution.from_state(solver, state)
-    assert same(mine.params, whole.params) and same(mine.state, whole.state)
+    # A jitted step and the fused loop are two programs that XLA compiles
+    # separately: equal bit for bit at XLA's default settings, but XLA does
+    # not promise it, and the suite's cheaper compile (conftest.FAST_COMPILE)
+    # rounds some expression differently; Watson (condition ~1e9 near its
+    # minimum) amplifies that over 40 iterations to at most 3.1e-8 of a leaf's
+    # largest entry (measured). Counts and statuses exact; floats to 1e-6 of
+    # each leaf's scale, 30x that.
+    for got, want in zip(
+        jax.tree.leaves((mine.params, mine.state)),
+        jax.tree.leaves((whole.params, whole.state)),
+        strict=True,
+    ):
+        got, want = np.asarray(got), np.asarray(want)
+        if np.issubdtype(want.dtype, np.inexact):
+            scale = float(np.max(np.abs(want), initial=0.0))
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * scale)
+        else:
+            np.testing.assert_array_equal(got, want)
     # jitted steps do not retrace: the state keeps its types from init on.
     assert step._cache_size() == 1
 
