@@ -44,8 +44,8 @@ if os.environ.get("NNXOPT_TEST_FAST_COMPILE", "1") != "0":
     _flags += [f for f in FAST_COMPILE if f.split("=")[0] not in _names]
     os.environ["XLA_FLAGS"] = " ".join(_flags)
 
-import jax
-import jaxlib
+import jax  # noqa: E402  (after XLA_FLAGS is set)
+import jaxlib  # noqa: E402
 
 
 def _cpu_signature() -> str:
