@@ -53,6 +53,35 @@ def test_ridge_derivative_matches_closed_form():
     np.testing.assert_allclose(reverse, want, rtol=0, atol=1e-8)
 
 
+def test_nnx_recipe_split_solve_merge_matches_closed_form():
+    """The guide's recipe for NNX models (docs/batched_and_implicit.md)."""
+    from flax import nnx
+
+    model = nnx.Linear(5, 1, use_bias=False, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    x_val, y_val = X[:10] + 0.5, Y[:10, None] - 0.2
+    lam = jnp.asarray(0.7)
+
+    def inner(p, x, y, lam):
+        m = nnx.merge(graphdef, p, rest)
+        l2 = sum(jnp.sum(w**2) for w in jax.tree.leaves(p))
+        return 0.5 * jnp.sum((m(x) - y) ** 2) + 0.5 * lam * l2
+
+    def outer(lam):
+        sol = nnxopt.solve(inner, params, X, Y[:, None], lam, **TIGHT)
+        trained = nnx.merge(graphdef, sol.params, rest)
+        return jnp.mean((trained(x_val) - y_val) ** 2)
+
+    # closed form: w*(lam) (ridge), d w*/d lam = -(X^T X + lam I)^{-1} w*
+    w = np.asarray(ridge_closed(X, Y, lam))
+    dw = -np.linalg.solve(np.asarray(X.T @ X) + float(lam) * np.eye(5), w)
+    grad_w = 2 * np.asarray(x_val).T @ (np.asarray(x_val) @ w - np.asarray(y_val[:, 0]))
+    want = grad_w @ dw / len(y_val)
+    # both sides to round-off of a solve at gtol 1e-11 (|dw| <= gtol/lambda_min)
+    np.testing.assert_allclose(jax.grad(outer)(lam), want, rtol=1e-7)
+    assert abs(want) > 1e-3  # a derivative worth testing
+
+
 def logistic(w, x, labels, c):
     z = x @ w
     return c * jnp.sum(jnp.logaddexp(0.0, z) - labels * z) + 0.5 * jnp.sum(w**2)
