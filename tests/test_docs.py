@@ -1,12 +1,14 @@
-"""The documentation site: every public name has an API reference entry, the
-strict build passes (no broken link, no unresolved reference) and the guides'
-code runs."""
+"""The documentation site: every public name has an API reference entry and a
+``>>>`` example that the default suite runs, and the strict build passes (no
+broken link, no unresolved reference). The pages' own examples are collected
+by pytest itself (``docs`` in ``testpaths``; ``docs/conftest.py``)."""
 
 from __future__ import annotations
 
 import ast
 import doctest
 import importlib
+import inspect
 import os
 import pathlib
 import re
@@ -21,8 +23,6 @@ from nnxopt import linesearch, problems
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-#: The guides whose ``>>>`` blocks this file runs (tiny problems each).
-GUIDES = ("from_scipy.md", "from_pytorch.md", "from_optax.md")
 
 
 def _public(module: types.ModuleType) -> set[str]:
@@ -98,6 +98,63 @@ def test_every_public_name_has_an_api_reference_entry():
     )
 
 
+def _page_marks() -> dict[str, str]:
+    """``PAGE_MARKS`` of ``docs/conftest.py`` (read, not run: running it would
+    set the suite up a second time)."""
+    tree = ast.parse((DOCS / "conftest.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.AnnAssign | ast.Assign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            if any(isinstance(t, ast.Name) and t.id == "PAGE_MARKS" for t in targets):
+                assert node.value is not None
+                return ast.literal_eval(node.value)
+    raise AssertionError("docs/conftest.py defines no PAGE_MARKS")
+
+
+def _default_page_examples() -> str:
+    """The code and expected output of every ``>>>`` example of the pages that
+    the default suite runs (``docs/**/*.md`` not marked ``slow``)."""
+    marks = _page_marks()
+    parser = doctest.DocTestParser()
+    texts = []
+    for page in sorted(DOCS.rglob("*.md")):
+        if marks.get(page.relative_to(DOCS).as_posix()) == "slow":
+            continue
+        for example in parser.get_examples(page.read_text()):
+            texts += [example.source, example.want]
+    return "\n".join(texts)
+
+
+def _has_own_example(obj: object, name: str) -> bool:
+    """Whether the docstring of ``obj`` (which ``--doctest-modules`` runs from
+    ``src/``) has a ``>>>`` example; a module counts its own and that of its
+    same-named member (``nnxopt.linesearch.zoom``: the function ``zoom``)."""
+    docs = []
+    if inspect.ismodule(obj):
+        docs += [obj.__doc__, getattr(getattr(obj, name, None), "__doc__", None)]
+    elif inspect.isclass(obj) or inspect.isroutine(obj):
+        docs.append(obj.__doc__)  # constants' __doc__ is their type's: not theirs
+    return any(">>>" in (doc or "") for doc in docs)
+
+
+def test_every_public_name_has_an_example_the_default_suite_runs():
+    """Its own docstring's, or one on a page pytest runs by default that names
+    it (``docs/api/results.md`` shows the state and result types)."""
+    public = _public(nnxopt) | _public(linesearch) | _public(problems)
+    pages = _default_page_examples()
+    missing = sorted(
+        name
+        for name in public
+        if not _has_own_example(_exported(name), short := name.rsplit(".", 1)[-1])
+        and not re.search(rf"\b{short}\b", pages)
+    )
+    assert not missing, (
+        f"public names without a >>> example that the default suite runs: "
+        f"{missing}; add one to the docstring, or use the name on a docs page "
+        "not marked slow in docs/conftest.py"
+    )
+
+
 def test_site_builds_strictly(tmp_path):
     """``mkdocs build --strict``: a warning (a broken link or anchor, a page
     missing from the nav, a docstring mkdocstrings cannot resolve) fails it."""
@@ -119,25 +176,3 @@ def test_site_builds_strictly(tmp_path):
     for member in [*nnxopt.Status, *linesearch.SearchStatus]:
         assert f"<code>{member.name}</code>" in status_page, member
     assert (tmp_path / "gallery" / "index.html").exists()
-
-
-@pytest.mark.parametrize(
-    "guide",
-    # from_scipy.md compares with scipy (marked reference); the others'
-    # compilations (13-16 s each) run with -m slow.
-    [
-        pytest.param(
-            g, marks=pytest.mark.reference if "scipy" in g else pytest.mark.slow
-        )
-        for g in GUIDES
-    ],
-)
-def test_guide_code_runs(guide):
-    result = doctest.testfile(
-        str(DOCS / guide),
-        module_relative=False,
-        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
-        verbose=False,
-    )
-    assert result.attempted > 0, f"{guide} has no >>> example"
-    assert result.failed == 0, f"{guide}: {result.failed} examples failed"

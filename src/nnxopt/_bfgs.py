@@ -43,6 +43,12 @@ class BfgsInfo(NamedTuple):
             direction, repeated non-finite trials).
         num_nonfinite: updates called at a point with a non-finite loss or
             gradient (each one shrinks the step).
+
+    Example:
+        >>> import jax.numpy as jnp, nnxopt
+        >>> info = nnxopt.bfgs().init(jnp.zeros(3)).bfgs_info
+        >>> [int(n) for n in info]  # nothing skipped, reset or non-finite yet
+        [0, 0, 0]
     """
 
     num_skipped: jax.Array
@@ -71,6 +77,12 @@ class BfgsState(NamedTuple):
         bfgs_info: diagnostics, see ``BfgsInfo``.
         linesearch_state: the state of the line search (or of the fixed step),
             holding ``value``, ``grad`` and ``learning_rate`` for a line search.
+
+    Example:
+        >>> import jax.numpy as jnp, nnxopt
+        >>> state = nnxopt.bfgs().init({"w": jnp.zeros(3), "b": jnp.zeros(())})
+        >>> state.inv_hessian.shape, int(state.num_updates)  # 3 + 1 parameters
+        ((4, 4), 0)
     """
 
     count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, like optax

@@ -20,6 +20,14 @@ class HandoffResult(NamedTuple):
         lbfgs: the result of the L-BFGS phase (the model is left at its point).
         adam_seconds: wall time of the Adam phase, compilation included.
         lbfgs_seconds: wall time of the L-BFGS phase, compilation included.
+
+    Example:
+        :func:`adam_then_lbfgs`'s example returns one (``out.adam.nit``,
+        ``out.lbfgs.status``):
+
+        >>> import nnxopt
+        >>> nnxopt.HandoffResult._fields
+        ('adam', 'lbfgs', 'adam_seconds', 'lbfgs_seconds')
     """
 
     adam: MinimizeResult

@@ -47,7 +47,25 @@ DEFAULT_CG_TOL = {"float64": 1e-10, "float32": 1e-5, "float16": 1e-2, "bfloat16"
 
 
 class ImplicitDiffWarning(UserWarning):
-    """The linear solve of an implicit derivative stopped short of its tolerance."""
+    """The linear solve of an implicit derivative stopped short of its tolerance.
+
+    Issued by the derivative of a solve with ``implicit=`` (:class:`ImplicitDiff`)
+    when conjugate gradients stop on ``maxiter`` above ``tol`` or meet a
+    direction of non-positive curvature; the message gives the relative
+    residual and the iterations. The standard warning filters apply.
+
+    Example:
+        Make it an error:
+
+        >>> import warnings, nnxopt
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("error", nnxopt.ImplicitDiffWarning)
+        ...     try:
+        ...         warnings.warn("CG stopped short", nnxopt.ImplicitDiffWarning)
+        ...     except nnxopt.ImplicitDiffWarning as e:
+        ...         print("error:", e)
+        error: CG stopped short
+    """
 
 
 @dataclasses.dataclass(frozen=True)

@@ -68,6 +68,12 @@ class LbfgsInfo(NamedTuple):
             trials).
         num_nonfinite: updates called at a point with a non-finite loss or
             gradient (each one shrinks the step).
+
+    Example:
+        >>> import jax.numpy as jnp, nnxopt
+        >>> info = nnxopt.lbfgs().init(jnp.zeros(3)).lbfgs_info
+        >>> [int(n) for n in info]  # nothing skipped, reset or non-finite yet
+        [0, 0, 0]
     """
 
     num_skipped: jax.Array
@@ -95,6 +101,12 @@ class LbfgsState(NamedTuple):
         lbfgs_info: diagnostics, see ``LbfgsInfo``.
         linesearch_state: the state of the line search (or of the fixed step),
             holding ``value``, ``grad`` and ``learning_rate`` for a line search.
+
+    Example:
+        >>> import jax.numpy as jnp, nnxopt
+        >>> state = nnxopt.lbfgs(memory_size=5).init({"w": jnp.zeros(3)})
+        >>> state.diff_params_memory["w"].shape, int(state.num_pairs)
+        ((5, 3), 0)
     """
 
     count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, like optax

@@ -59,6 +59,12 @@ class LbfgsbInfo(NamedTuple):
         num_resets: times the memory was discarded (a failed line search).
         num_truncated: subspace steps whose projection was not a descent
             direction, truncated to the box instead (Morales–Nocedal fallback).
+
+    Example:
+        >>> import jax.numpy as jnp, nnxopt
+        >>> info = nnxopt.lbfgsb().init(jnp.zeros(3)).lbfgsb_info
+        >>> [int(n) for n in info]  # nothing skipped, reset or truncated yet
+        [0, 0, 0]
     """
 
     num_skipped: jax.Array
@@ -82,6 +88,12 @@ class LbfgsbState(NamedTuple):
         lbfgsb_info: see :class:`LbfgsbInfo`.
         linesearch_state: the Moré–Thuente state (``value``, ``grad``,
             ``learning_rate``, ``status``, ``info``).
+
+    Example:
+        >>> import jax.numpy as jnp, nnxopt
+        >>> state = nnxopt.lbfgsb(memory_size=5).init({"w": jnp.zeros(3)})
+        >>> state.s_memory.shape, int(state.num_pairs)
+        ((5, 3), 0)
     """
 
     count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, like optax

@@ -64,6 +64,19 @@ class MinimizeHistory(NamedTuple):
         value: the loss at each iterate.
         grad_norm: the infinity norm of the gradient at each iterate.
         nfev: the cumulative number of loss evaluations when the iterate was reached.
+
+    Example:
+        ``sol.history`` after :func:`nnxopt.solve`, ``result.history`` after
+        :func:`nnxopt.minimize`; ``trim`` keeps the entries written:
+
+        >>> import numpy as np, nnxopt
+        >>> history = nnxopt.MinimizeHistory(
+        ...     value=np.array([6.0, 1.5, 0.25, np.nan]),
+        ...     grad_norm=np.array([6.0, 2.0, 0.5, np.nan]),
+        ...     nfev=np.array([1, 2, 4, -1]),
+        ... )
+        >>> history.trim().value
+        array([6.  , 1.5 , 0.25])
     """
 
     value: Any
@@ -89,6 +102,16 @@ class MinimizeInfo(NamedTuple):
         learning_rate: the step size the line search accepted (``nan`` if the
             transform reports none).
         nfev: the cumulative number of loss evaluations.
+
+    Example:
+        A callback for ``solve(..., callback=report)`` or
+        ``minimize(..., callback=report)``, called here by hand:
+
+        >>> import nnxopt
+        >>> def report(info):
+        ...     print(f"{info.iteration}: loss {info.value:.3g}, {info.nfev} evaluations")
+        >>> report(nnxopt.MinimizeInfo(3, 0.25, 0.5, 1.0, 4))
+        3: loss 0.25, 4 evaluations
     """
 
     iteration: int

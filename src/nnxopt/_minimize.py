@@ -61,6 +61,14 @@ class MinimizeResult:
         state: the whole solver state (a :class:`nnxopt.SolverState`): pass it
             back as ``minimize(..., state=result.state)`` to continue the solve
             exactly where it stopped, or save it (see the checkpointing guide).
+
+    Example:
+        :func:`minimize`'s example returns one; its fields in order:
+
+        >>> import dataclasses, nnxopt
+        >>> names = [f.name for f in dataclasses.fields(nnxopt.MinimizeResult)]
+        >>> tuple(names[:5])
+        ('fun', 'grad_norm', 'nit', 'nfev', 'njev')
     """
 
     fun: jax.Array

@@ -57,6 +57,15 @@ class Solution:
         aux: the auxiliary output at ``params`` (``has_aux=True``), else None.
         history: per-iteration values of this call (:class:`MinimizeHistory`),
             None from :meth:`from_state`.
+
+    Example:
+        :func:`nnxopt.solve`'s example returns one; all its fields on one
+        solve: ``docs/api/results.md`` (*States and results, by example*).
+
+        >>> import dataclasses, nnxopt
+        >>> names = [f.name for f in dataclasses.fields(nnxopt.Solution)]
+        >>> tuple(names[:5])
+        ('params', 'state', 'fun', 'grad_norm', 'nit')
     """
 
     params: PyTree

@@ -75,6 +75,14 @@ class BestPoint(NamedTuple):
 
     An approximate-Wolfe search may accept a step that raises the loss a little,
     so the last iterate is not always the best one.
+
+    Example:
+        A solve's state carries one, ``sol.state.best`` (a solve shown field by
+        field: ``docs/api/results.md`` (*States and results, by example*)):
+
+        >>> import nnxopt
+        >>> nnxopt.BestPoint._fields
+        ('params', 'value', 'grad_norm', 'aux', 'written')
     """
 
     params: PyTree
@@ -104,6 +112,18 @@ class SolverState(NamedTuple):
         num_fails: failed line searches in a row (``int32``).
         status: an ``int32`` :class:`nnxopt.Status` code, ``RUNNING`` until it ends.
         best: the :class:`BestPoint`.
+
+    Example:
+        ``sol.state`` after :func:`nnxopt.solve`, ``result.state`` after
+        :func:`nnxopt.minimize`, or what :meth:`Solver.init` and
+        :meth:`Solver.step` return (a solve's state shown field by field:
+        ``docs/api/results.md`` (*States and results, by example*)):
+
+        >>> import nnxopt
+        >>> nnxopt.SolverState._fields[:5]
+        ('params', 'opt_state', 'value', 'grad', 'grad_norm')
+        >>> nnxopt.Status(0).name  # the status field of a state still running
+        'RUNNING'
     """
 
     params: PyTree

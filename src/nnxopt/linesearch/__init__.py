@@ -8,6 +8,16 @@ Their ``update`` takes ``updates, state, params`` and the keywords ``value``,
 new state holds the value, gradient and aux at the accepted point. Arguments
 are checked when the search is built: ``TypeError`` for a wrong type,
 ``ValueError`` for a value out of range.
+
+Example:
+    A search passed to ``nnxopt.lbfgs`` (or ``nnxopt.bfgs``), whose state
+    then holds the search's:
+
+    >>> import jax.numpy as jnp, nnxopt
+    >>> from nnxopt import linesearch
+    >>> tx = nnxopt.lbfgs(linesearch=linesearch.hager_zhang())
+    >>> type(tx.init(jnp.zeros(3)).linesearch_state).__name__
+    'HagerZhangState'
 """
 
 from .._status import SEARCH_MESSAGES as SEARCH_MESSAGES

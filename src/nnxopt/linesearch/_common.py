@@ -50,6 +50,14 @@ class LineSearchInfo(NamedTuple):
             for ``hager_zhang`` the weak form ``max(curv_rtol * phi'(0) -
             phi'(a), 0)``; always zero for ``backtracking``, which has no
             curvature condition.
+
+    Example:
+        Every search's state holds one, ``state.info`` (one after a solve:
+        ``docs/api/results.md``):
+
+        >>> from nnxopt import linesearch
+        >>> linesearch.LineSearchInfo._fields[:3]
+        ('num_linesearch_steps', 'num_value_evals', 'num_grad_evals')
     """
 
     num_linesearch_steps: jax.Array

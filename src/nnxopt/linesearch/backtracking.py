@@ -21,7 +21,13 @@ class BacktrackingState(_common.LineSearchState):
     (``learning_rate``, ``value``, ``grad``, ``status``, ``aux``, ``info``);
     ``info.num_grad_evals`` is 1 when a step was taken, 0 for the zero step;
     that value-and-gradient evaluation is counted in ``info.num_value_evals``
-    too."""
+    too.
+
+    Example:
+        >>> from nnxopt import linesearch
+        >>> linesearch.BacktrackingState._fields
+        ('learning_rate', 'value', 'grad', 'status', 'aux', 'info')
+    """
 
     __slots__ = ()
 

@@ -35,6 +35,15 @@ class HagerZhangState(NamedTuple):
             searches so far; the approximate-Wolfe tolerance is
             ``epsilon * value_average``.
         value_weight: :math:`Q_k`, the weight of that average.
+
+    Example:
+        The running average of ``|f|`` starts empty (``C_0 = Q_0 = 0``):
+
+        >>> import jax.numpy as jnp
+        >>> from nnxopt import linesearch
+        >>> state = linesearch.hager_zhang().init(jnp.zeros(3))
+        >>> float(state.value_average), float(state.value_weight)
+        (0.0, 0.0)
     """
 
     learning_rate: jax.Array

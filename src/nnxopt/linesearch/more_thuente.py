@@ -21,7 +21,17 @@ _P5, _P66, _XTRAPL, _XTRAPU = 0.5, 0.66, 1.1, 4.0
 
 class MoreThuenteState(_common.LineSearchState):
     """State of :func:`more_thuente`: the fields of every line-search state
-    (``learning_rate``, ``value``, ``grad``, ``status``, ``aux``, ``info``)."""
+    (``learning_rate``, ``value``, ``grad``, ``status``, ``aux``, ``info``).
+
+    Example:
+        Before the first search no trial step has been tried:
+
+        >>> import jax.numpy as jnp
+        >>> from nnxopt import linesearch
+        >>> state = linesearch.more_thuente().init({"w": jnp.zeros(3)})
+        >>> int(state.info.num_linesearch_steps), int(state.info.num_value_evals)
+        (0, 0)
+    """
 
     __slots__ = ()
 

@@ -25,7 +25,18 @@ _XTRAPL, _XTRAPU = 1.1, 4.0
 
 class ZoomState(_common.LineSearchState):
     """State of :func:`zoom`: the fields of every line-search state
-    (``learning_rate``, ``value``, ``grad``, ``status``, ``aux``, ``info``)."""
+    (``learning_rate``, ``value``, ``grad``, ``status``, ``aux``, ``info``).
+
+    Example:
+        As ``init`` makes it: no search yet, so the value is ``inf`` and the
+        gradient zeros:
+
+        >>> import jax.numpy as jnp
+        >>> from nnxopt import linesearch
+        >>> state = linesearch.zoom().init(jnp.zeros(3))
+        >>> float(state.value), state.grad.tolist()
+        (inf, [0.0, 0.0, 0.0])
+    """
 
     __slots__ = ()
 
