@@ -42,8 +42,9 @@ PAGE_MARKS: dict[str, str] = {
 }
 
 
-#: The site's build hooks: no examples, and importing them needs mkdocs.
-collect_ignore = ["_hooks.py", "_griffe_rst.py"]
+#: Not doctest modules: the site's build hooks (importing them needs mkdocs)
+#: and this file (its module name, conftest, is the one of tests/conftest.py).
+collect_ignore = ["_hooks.py", "_griffe_rst.py", "conftest.py"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
