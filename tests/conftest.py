@@ -84,3 +84,7 @@ if (_dir := _cache_dir()) is not None:
     # Cache every program: the tests compile hundreds of small ones.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+# Not a doctest module (``--doctest-modules``): its module name, conftest, is
+# also docs/conftest.py's, and pytest would import one for the other.
+collect_ignore = ["conftest.py"]
