@@ -14,6 +14,7 @@ Three parts, each a few minutes at most on a CPU:
   devices (one process each): time and the distance to the 1-device result.
 
     python -m benchmarks.scale {memory,chunked,sharded} [--quick]
+    python -m benchmarks.scale memory --sizes 10000000 --problems mlp
 
 A GPU column is measured only when a GPU is present (none here: skipped).
 """
@@ -103,14 +104,34 @@ def _optax_loop(f, maxiter):
     return run
 
 
-def memory(quick: bool) -> list[dict]:
+def _counted(f):
+    """``f`` that counts its evaluations on the host (an un-timed run only)."""
+    import jax
+
+    calls = [0]
+
+    def tick(_):
+        calls[0] += 1
+
+    def g(p, *args):
+        value = f(p, *args)
+        jax.debug.callback(tick, value)
+        return value
+
+    return g, calls
+
+
+def memory(quick: bool, sizes=None, problems=None) -> list[dict]:
     import jax
 
     import nnxopt
 
     rows = []
-    for n in (10**6,) if quick else (10**6, 10**7):
+    sizes = sizes or ((10**6,) if quick else (10**6, 10**7))
+    for n in sizes:
         for name, f, params, args in _problems(n):
+            if problems and name not in problems:
+                continue
             size = sum(x.size for x in jax.tree.leaves(params))
             maxiter = 10 if (n >= 10**7 or name == "mlp") else 20
 
@@ -124,6 +145,12 @@ def memory(quick: bool) -> list[dict]:
             peer = jax.jit(_optax_loop(f, maxiter))
             peak_peer = _peak_bytes(peer.lower(params, *args).compile())
             t_peer = _timed(peer, params, *args) / maxiter
+            # the peer's evaluations, counted in a separate un-timed run
+            counting, calls = _counted(f)
+            jax.block_until_ready(
+                jax.jit(_optax_loop(counting, maxiter))(params, *args)
+            )
+            jax.effects_barrier()
             nb = size * 4
             rows.append(
                 dict(
@@ -133,6 +160,9 @@ def memory(quick: bool) -> list[dict]:
                     peak_optax_mb=peak_peer / 1e6,
                     c_optax=peak_peer / nb - 2 * M,
                     s_per_it=t_ours, s_per_it_optax=t_peer,
+                    nfev_per_it_optax=calls[0] / maxiter,
+                    s_per_eval=t_ours * int(sol.nit) / int(sol.nfev),
+                    s_per_eval_optax=t_peer * maxiter / calls[0],
                 )
             )  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
@@ -258,6 +288,8 @@ def main() -> None:
         "part", choices=["memory", "chunked", "sharded", "_sharded_child"]
     )
     parser.add_argument("--quick", action="store_true", help="smaller sizes")
+    parser.add_argument("--sizes", type=int, nargs="+", help="memory: n values")
+    parser.add_argument("--problems", nargs="+", help="memory: quadratic, mlp")
     args = parser.parse_args()
     if args.part == "_sharded_child":
         _sharded_child()
@@ -267,9 +299,10 @@ def main() -> None:
     print(
         f"devices: {jax.devices()} (GPU column: {'measured' if jax.default_backend() == 'gpu' else 'skipped, no GPU'})"
     )
-    rows = {"memory": memory, "chunked": chunked, "sharded": sharded}[args.part](
-        args.quick
-    )
+    if args.part == "memory":
+        rows = memory(args.quick, args.sizes, args.problems)
+    else:
+        rows = {"chunked": chunked, "sharded": sharded}[args.part](args.quick)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"scale_{args.part}.json").write_text(json.dumps(rows, indent=1))
 
