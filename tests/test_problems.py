@@ -213,3 +213,18 @@ def test_burgers_pinn_factory():
     f, g = jax.jit(jax.value_and_grad(fn))(jnp.asarray(x0))
     assert np.isfinite(float(f)) and float(f) > 0 and bool(jnp.all(jnp.isfinite(g)))
     assert problems.pinn_burgers_1d(dtype=jnp.float64).num_params() == 921
+
+
+def test_burgers_pinn_clustered_grid():
+    # cluster=c maps s uniform in (-1, 1) to sinh(c s) / sinh(c), written here
+    # independently of the factory; only float32 rounding of the points varies.
+    c, num_x, num_t = 4.0, 6, 2
+    q = problems.pinn_burgers_1d(width=4, depth=1, num_x=num_x, num_t=num_t, cluster=c)
+    s = np.linspace(-1.0, 1.0, num_x + 2)[1:-1]
+    interior = np.asarray(q.batch[0]).reshape(num_t, num_x, 2)
+    np.testing.assert_allclose(
+        interior[0, :, 0], np.sinh(c * s) / np.sinh(c), rtol=1e-6
+    )
+    np.testing.assert_allclose(interior[:, 0, 1], [0.5, 1.0], rtol=1e-6)
+    with pytest.raises(ValueError, match="pinn_burgers_1d: cluster must be >= 0"):
+        problems.pinn_burgers_1d(cluster=-1.0)
