@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -11,17 +10,8 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
+from . import _quasi_newton as qn
 from ._broyden import rank_two_update, scaling_parameters
-from ._lbfgs import (
-    _MAX_SHRINKS,
-    _RESET_STATUSES,
-    _SHRINK,
-    _all_finite,
-    _scale,
-    _strong,
-    _where,
-    default_linesearch,
-)
 
 _CALL = "nnxopt.bfgs"
 
@@ -202,6 +192,17 @@ def _check_arguments(
         )
 
 
+class _Config(NamedTuple):
+    """The settings of one ``bfgs(...)``."""
+
+    curvature_eps: float | None
+    scale_init_precond: bool
+    self_scaling: bool
+    broyden_phi: float | None
+    max_dense_bytes: int
+    rule: qn.StepRule
+
+
 class _Fold(NamedTuple):
     inv_hessian: jax.Array
     num_updates: jax.Array
@@ -211,15 +212,12 @@ class _Fold(NamedTuple):
 
 
 def _fold_pair(
+    config: _Config,
     state: BfgsState,
     s: jax.Array,
     y: jax.Array,
     measured: jax.Array,
-    bad_search: jax.Array,
     eps: Any,
-    scale_init_precond: bool,
-    self_scaling: bool,
-    broyden_phi: float | None,
 ) -> _Fold:
     """Reset after a failed search, then fold the pair ``(s, y)`` into ``H``.
 
@@ -231,15 +229,13 @@ def _fold_pair(
     n = s.shape[0]
     sy, yy, ss = s @ y, y @ y, s @ s
     finite_pair = jnp.all(jnp.isfinite(s)) & jnp.all(jnp.isfinite(y))
-    finite_pair &= jnp.isfinite(sy) & jnp.isfinite(yy)
-    pair_ok = measured & finite_pair & (sy > eps * yy)
-    # A failed search, or no step at all: the matrix, if any, sent it astray.
-    reset = measured & (bad_search | (ss == 0)) & (state.num_updates > 0)
+    pair_ok = qn.curvature_ok(measured, finite_pair, sy, yy, eps)
+    reset = qn.should_reset(measured, state.linesearch_state, ss, state.num_updates)
     num_updates = jnp.where(reset, 0, state.num_updates)
 
     # Shanno-Phua: before the first update H = (s·y / y·y) I.
     safe_sy = jnp.where(pair_ok, sy, 1)
-    gamma = sy / jnp.where(yy > 0, yy, 1) if scale_init_precond else 1
+    gamma = sy / jnp.where(yy > 0, yy, 1) if config.scale_init_precond else 1
     first = num_updates == 0
     gamma = jnp.where(first & pair_ok, gamma, 1).astype(dtype)
     # s·B s: exact for H = gamma I; for a step along -H g it is (s·g)^2 / g·H g.
@@ -250,7 +246,7 @@ def _fold_pair(
     hy = jnp.where(first, gamma * y, state.inv_hessian @ y)
     b = sbs / safe_sy
     h = (y @ hy) / safe_sy
-    tau, phi = scaling_parameters(b, h, n, self_scaling, broyden_phi)
+    tau, phi = scaling_parameters(b, h, n, config.self_scaling, config.broyden_phi)
     s_ok, y_ok = jnp.where(pair_ok, s, 0), jnp.where(pair_ok, y, 0)
     hy_ok = jnp.where(pair_ok, hy, 0)
     tau = jnp.where(pair_ok, tau, 1)
@@ -288,16 +284,12 @@ def _direction(
     """
     dtype = fold.inv_hessian.dtype
     gg = flat_g @ flat_g
-    gamma_empty = jnp.minimum(1, radius / jnp.sqrt(gg)).astype(dtype)
-    if not scale_init_precond:
-        gamma_empty = jnp.where(radius < 1, gamma_empty, 1).astype(dtype)
+    gamma_empty = qn.first_step_scale(radius, jnp.sqrt(gg), scale_init_precond, dtype)
     empty = fold.num_updates == 0
     flat_d = jnp.where(empty, -gamma_empty * flat_g, -(fold.inv_hessian @ flat_g))
     slope = flat_g @ flat_d
     finite_d = jnp.all(jnp.isfinite(flat_d))
-    bad_direction = (
-        finite_now & (gg > 0) & ~(finite_d & jnp.isfinite(slope) & (slope < 0))
-    )
+    bad_direction = qn.bad_direction(finite_now, gg > 0, finite_d, slope)
     flat_d = jnp.where(bad_direction, -gamma_empty * flat_g, flat_d)
     num_updates = jnp.where(bad_direction, 0, fold.num_updates)
     ghg = jnp.where(num_updates == 0, gg, -slope).astype(dtype)
@@ -450,151 +442,83 @@ def bfgs(
         broyden_phi,
         max_dense_bytes,
     )
-    uses_linesearch = learning_rate is None
-    given = (
-        linesearch
-        if uses_linesearch
-        else optax.scale_by_learning_rate(learning_rate, flip_sign=False)
+    config = _Config(
+        curvature_eps=curvature_eps,
+        scale_init_precond=scale_init_precond,
+        self_scaling=self_scaling,
+        broyden_phi=broyden_phi,
+        max_dense_bytes=max_dense_bytes,
+        rule=qn.step_rule(learning_rate, linesearch),
+    )
+    return qn.transform(
+        _CALL, config, _init, _update, needs_loss=config.rule.uses_linesearch
     )
 
-    def inner_for(dtype: jnp.dtype) -> optax.GradientTransformationExtraArgs:
-        return optax.with_extra_args_support(given or default_linesearch(dtype))
 
-    def init_fn(params: optax.Params) -> BfgsState:
-        dtype, n = _flat_dtype(params)
-        _check_size(n, dtype, max_dense_bytes)
-        ls_state = _strong(inner_for(dtype).init(params))
-        if uses_linesearch:
-            _check_linesearch(linesearch, ls_state)
-        int0 = jnp.zeros((), jnp.int32)
-        return BfgsState(
-            count=int0,
-            params=optax.tree.zeros_like(params),
-            updates=optax.tree.zeros_like(params),
-            inv_hessian=jnp.eye(n, dtype=dtype),
-            num_updates=int0,
-            grad_inv_hessian_grad=jnp.zeros((), dtype),
-            radius=jnp.ones((), dtype),
-            num_shrinks=int0,
-            bfgs_info=BfgsInfo(int0, int0, int0),
-            linesearch_state=ls_state,
-        )
-
-    def update_fn(
-        updates: optax.Updates,
-        state: BfgsState,
-        params: optax.Params | None = None,
-        *,
-        value: jax.Array | None = None,
-        grad: optax.Updates | None = None,
-        value_fn: Callable[..., jax.Array] | None = None,
-        **extra_args: Any,
-    ) -> tuple[optax.Updates, BfgsState]:
-        _check_update_args(uses_linesearch, params, value, grad, value_fn)
-        dtype = state.inv_hessian.dtype
-        eps = jnp.finfo(dtype).eps if curvature_eps is None else curvature_eps
-        flat_g, unravel = ravel_pytree(updates)
-        flat_g = flat_g.astype(dtype)
-        flat_x = ravel_pytree(params)[0].astype(dtype)
-        flat_anchor = ravel_pytree(state.params)[0].astype(dtype)
-        s = flat_x - flat_anchor
-        y = flat_g - ravel_pytree(state.updates)[0].astype(dtype)
-        finite_now = jnp.all(jnp.isfinite(flat_g))
-        if value is not None:
-            finite_now &= jnp.all(jnp.isfinite(value))
-        info = state.bfgs_info
-
-        status = optax.tree.get(state.linesearch_state, "status")
-        bad_search = jnp.zeros((), bool)
-        if status is not None:
-            bad_search = jnp.isin(status, jnp.asarray(_RESET_STATUSES, jnp.int32))
-        fold = _fold_pair(
-            state,
-            s,
-            y,
-            (state.count > 0) & finite_now,
-            bad_search,
-            eps,
-            scale_init_precond,
-            self_scaling,
-            broyden_phi,
-        )
-        radius = jnp.where(fold.folded, 1, state.radius).astype(dtype)
-
-        flat_d, num_updates, bad_direction, ghg = _direction(
-            fold, flat_g, radius, finite_now, scale_init_precond
-        )
-        # A non-finite H (only an overflow of a finite update can make one)
-        # gives a non-finite H g: H is discarded (num_updates = 0) and the next
-        # update overwrites it. Replacing it here would cost a copy of H at
-        # every iteration (measured: 2x the iteration at n = 4000).
-        inv_hessian = fold.inv_hessian
-        reset = fold.reset | bad_direction
-        direction = optax.tree.cast_like(unravel(flat_d), params)
-
-        normal_state = BfgsState(
-            count=optax.safe_increment(state.count),
-            params=params,
-            updates=optax.tree.cast_like(updates, state.updates),
-            inv_hessian=inv_hessian,
-            num_updates=num_updates,
-            grad_inv_hessian_grad=ghg,
-            radius=radius,
-            num_shrinks=jnp.zeros_like(state.num_shrinks),
-            bfgs_info=BfgsInfo(
-                num_skipped=info.num_skipped + fold.skipped.astype(jnp.int32),
-                num_resets=info.num_resets + reset.astype(jnp.int32),
-                num_nonfinite=info.num_nonfinite,
-            ),
-            linesearch_state=state.linesearch_state,
-        )
-        inner = inner_for(dtype)
-
-        def search(_: None) -> tuple[optax.Updates, BfgsState]:
-            kwargs = dict(extra_args)
-            if uses_linesearch:
-                kwargs.update(value=value, grad=grad, value_fn=value_fn)
-            step, ls_state = inner.update(
-                direction, state.linesearch_state, params, **kwargs
-            )
-            ls_state = optax.tree.cast_like(ls_state, state.linesearch_state)
-            step = optax.tree.cast_like(step, params)
-            # A non-finite step is no step; the next update then resets H.
-            step = _where(_all_finite(step), step, optax.tree.zeros_like(step))
-            return step, normal_state._replace(linesearch_state=_strong(ls_state))
-
-        def recover(_: None) -> tuple[optax.Updates, BfgsState]:
-            return _recover(state, params, s, dtype)
-
-        return jax.lax.cond(finite_now, search, recover, None)
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+def _init(config: _Config, params: optax.Params) -> BfgsState:
+    dtype, n = _flat_dtype(params)
+    _check_size(n, dtype, config.max_dense_bytes)
+    ls_state = qn.strong(config.rule.inner(dtype).init(params))
+    if config.rule.uses_linesearch:
+        _check_linesearch(config.rule.given, ls_state)
+    int0 = jnp.zeros((), jnp.int32)
+    return BfgsState(
+        count=int0,
+        params=optax.tree.zeros_like(params),
+        updates=optax.tree.zeros_like(params),
+        inv_hessian=jnp.eye(n, dtype=dtype),
+        num_updates=int0,
+        grad_inv_hessian_grad=jnp.zeros((), dtype),
+        radius=jnp.ones((), dtype),
+        num_shrinks=int0,
+        bfgs_info=BfgsInfo(int0, int0, int0),
+        linesearch_state=ls_state,
+    )
 
 
-def _check_update_args(
-    uses_linesearch: bool, params: Any, value: Any, grad: Any, value_fn: Any
-) -> None:
-    if params is None:
-        raise TypeError(
-            f"{_CALL}: update needs params: call "
-            "update(grad, state, params, value=..., grad=..., value_fn=...)."
-        )
-    if not uses_linesearch:
-        return
-    missing = [
-        name
-        for name, arg in (("value", value), ("grad", grad), ("value_fn", value_fn))
-        if arg is None
-    ]
-    if missing:
-        raise TypeError(
-            f"{_CALL}: update is missing the keyword argument(s) "
-            f"{', '.join(missing)}: its line search evaluates the loss. Call "
-            "update(grad, state, params, value=value, grad=grad, "
-            "value_fn=loss_fn) with value, grad = "
-            "optax.value_and_grad_from_state(loss_fn)(params, state=state), "
-            "or use nnxopt.bfgs(learning_rate=...) for a fixed step."
-        )
+def _update(
+    config: _Config,
+    updates: optax.Updates,
+    state: BfgsState,
+    params: optax.Params,
+    args: qn.LossArgs,
+) -> tuple[optax.Updates, BfgsState]:
+    dtype = state.inv_hessian.dtype
+    eps = jnp.finfo(dtype).eps if config.curvature_eps is None else config.curvature_eps
+    flat_g, unravel = ravel_pytree(updates)
+    flat_g = flat_g.astype(dtype)
+    flat_x = ravel_pytree(params)[0].astype(dtype)
+    flat_anchor = ravel_pytree(state.params)[0].astype(dtype)
+    s = flat_x - flat_anchor
+    y = flat_g - ravel_pytree(state.updates)[0].astype(dtype)
+    finite_now = qn.finite_point(flat_g, args.value)
+    fold = _fold_pair(config, state, s, y, (state.count > 0) & finite_now, eps)
+    radius = jnp.where(fold.folded, 1, state.radius).astype(dtype)
+    flat_d, num_updates, bad_direction, ghg = _direction(
+        fold, flat_g, radius, finite_now, config.scale_init_precond
+    )
+    # A non-finite H (only an overflow of a finite update can make one)
+    # gives a non-finite H g: H is discarded (num_updates = 0) and the next
+    # update overwrites it. Replacing it here would cost a copy of H at
+    # every iteration (measured: 2x the iteration at n = 4000).
+    direction = optax.tree.cast_like(unravel(flat_d), params)
+    accepted = BfgsState(
+        count=optax.safe_increment(state.count),
+        params=params,
+        updates=optax.tree.cast_like(updates, state.updates),
+        inv_hessian=fold.inv_hessian,
+        num_updates=num_updates,
+        grad_inv_hessian_grad=ghg,
+        radius=radius,
+        num_shrinks=jnp.zeros_like(state.num_shrinks),
+        bfgs_info=qn.counted(state.bfgs_info, fold.skipped, fold.reset | bad_direction),
+        linesearch_state=state.linesearch_state,
+    )
+    return qn.search_or_step_back(
+        finite_now,
+        lambda: qn.search_along(config.rule, direction, accepted, params, args, dtype),
+        lambda: _recover(state, params, s, dtype),
+    )
 
 
 def _recover(
@@ -602,32 +526,15 @@ def _recover(
 ) -> tuple[optax.Updates, BfgsState]:
     """Step back from a non-finite trial point, as ``nnxopt.lbfgs`` does.
 
-    Move to ``x_prev + s/2``; at the ``_MAX_SHRINKS``-th non-finite trial in a
+    Move to ``x_prev + s/2``; at the ``MAX_SHRINKS``-th non-finite trial in a
     row, back to ``x_prev`` with ``H = I`` and a shorter first step.
     """
-    info = state.bfgs_info
-    num_shrinks = state.num_shrinks + 1
-    give_up = num_shrinks >= _MAX_SHRINKS
     s_tree = optax.tree.sub(params, state.params)
-    back = _scale(jnp.where(give_up, -1, _SHRINK - 1).astype(dtype), s_tree)
-    usable = (state.count > 0) & jnp.all(jnp.isfinite(s))
-    back = _where(usable, back, optax.tree.zeros_like(back))
-    new_radius = jnp.minimum(1, _SHRINK * jnp.sqrt(s @ s)).astype(dtype)
-    ls_state = state.linesearch_state
-    if optax.tree.get(ls_state, "value") is not None:
-        # Makes optax.value_and_grad_from_state re-evaluate at the new point.
-        ls_state = optax.tree.set(
-            ls_state, value=jnp.full_like(optax.tree.get(ls_state, "value"), jnp.inf)
-        )
-    new_state = state._replace(
-        count=optax.safe_increment(state.count),
-        num_updates=jnp.where(give_up, 0, state.num_updates),
-        radius=jnp.where(give_up, new_radius, state.radius),
-        num_shrinks=jnp.where(give_up, 0, num_shrinks),
-        bfgs_info=info._replace(
-            num_resets=info.num_resets + give_up.astype(jnp.int32),
-            num_nonfinite=info.num_nonfinite + 1,
-        ),
-        linesearch_state=_strong(ls_state),
+    back = qn.step_back(
+        state, state.bfgs_info, params, s_tree, jnp.all(jnp.isfinite(s)), s @ s, dtype
     )
-    return optax.tree.cast_like(back, params), new_state
+    new_state = back.state._replace(
+        num_updates=jnp.where(back.give_up, 0, state.num_updates),
+        bfgs_info=back.info,
+    )
+    return back.updates, new_state

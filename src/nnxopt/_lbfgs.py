@@ -3,59 +3,24 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from ._memory import new_memory, placed_zeros, two_loop_recursion
+from . import _quasi_newton as qn
+from ._memory import new_memory, placed_zeros, push, two_loop_recursion
 from ._memory import scale as _scale
 from ._memory import vdot as _vdot
 from ._memory import where as _where
 from ._memory import zero_if as _zero_if
-from ._status import SearchStatus
+from ._quasi_newton import default_linesearch as default_linesearch
 from ._tree import all_finite as _all_finite
 
 __all__ = ["LbfgsInfo", "LbfgsState", "lbfgs", "two_loop_recursion"]
 
-# Recovery from a non-finite trial point: the step is shrunk by this factor; at
-# this many consecutive non-finite trials the memory is reset and the solve
-# restarts from the last finite iterate with a steepest-descent step no longer
-# than half the last trial.
-_SHRINK = 0.5
-_MAX_SHRINKS = 4
-
-# Line-search outcomes after which the curvature memory is discarded.
-_RESET_STATUSES = (
-    SearchStatus.NOT_DESCENT,
-    SearchStatus.LINESEARCH_FAILED,
-    SearchStatus.NON_FINITE,
-)
-
-
-def default_linesearch(
-    dtype: Any = jnp.float64,
-) -> optax.GradientTransformationExtraArgs:
-    """Return the line search ``nnxopt.lbfgs`` runs when none is given.
-
-    For float64 parameters, ``nnxopt.linesearch.more_thuente()``: the
-    Moré–Thuente strong-Wolfe search that scipy's L-BFGS-B uses. For float32
-    and lower precisions, ``nnxopt.linesearch.hager_zhang()``, whose
-    approximate Wolfe conditions accept a step by its slopes when the decrease
-    is below the rounding noise of the loss (there Moré–Thuente's value test
-    fails every search, and the solve stalls). Both try the unit step first and
-    report a ``status`` that ``lbfgs`` reads to reset its memory.
-
-    Args:
-        dtype: the (real) dtype of the parameters.
-    """
-    from .linesearch import hager_zhang, more_thuente
-
-    if jnp.finfo(dtype).eps < 1e-10:
-        return more_thuente()
-    return hager_zhang()
+_CALL = "nnxopt.lbfgs"
 
 
 class LbfgsInfo(NamedTuple):
@@ -128,11 +93,6 @@ def _real_dtype(tree: Any) -> jnp.dtype:
     if not leaves:
         raise ValueError("nnxopt.lbfgs: params has no array leaves.")
     return jnp.real(jnp.zeros((), jnp.result_type(*leaves))).dtype
-
-
-def _strong(tree: Any) -> Any:
-    """Drop weak types so that ``init`` and ``update`` return identical avals."""
-    return jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.result_type(x)), tree)
 
 
 def _newest_products(
@@ -241,24 +201,36 @@ def lbfgs(
         Byrd, Lu, Nocedal & Zhu, A limited memory algorithm for bound constrained
         optimization, SIAM J. Sci. Comput. 16 (1995) (the skip test).
     """
+
+    _check_arguments(memory_size, curvature_eps, learning_rate, linesearch)
+    config = _Config(
+        memory_size=memory_size,
+        scale_init_precond=scale_init_precond,
+        curvature_eps=curvature_eps,
+        rule=qn.step_rule(learning_rate, linesearch),
+    )
+    return qn.transform(
+        _CALL, config, _init, _update, needs_loss=config.rule.uses_linesearch
+    )
+
+
+def _check_arguments(
+    memory_size: Any, curvature_eps: Any, learning_rate: Any, linesearch: Any
+) -> None:
     if isinstance(memory_size, bool) or not isinstance(memory_size, int):
-        raise TypeError(
-            f"nnxopt.lbfgs: memory_size must be an int, got {memory_size!r}."
-        )
+        raise TypeError(f"{_CALL}: memory_size must be an int, got {memory_size!r}.")
     if memory_size < 1:
-        raise ValueError(
-            f"nnxopt.lbfgs: memory_size must be >= 1, got {memory_size!r}."
-        )
+        raise ValueError(f"{_CALL}: memory_size must be >= 1, got {memory_size!r}.")
     if curvature_eps is not None and not (
         math.isfinite(curvature_eps) and curvature_eps >= 0
     ):
         raise ValueError(
-            "nnxopt.lbfgs: curvature_eps must be a finite number >= 0 (or None "
+            f"{_CALL}: curvature_eps must be a finite number >= 0 (or None "
             f"for the dtype's machine epsilon), got {curvature_eps!r}."
         )
     if learning_rate is not None and linesearch is not None:
         raise ValueError(
-            "nnxopt.lbfgs: give either learning_rate (a fixed step, no line "
+            f"{_CALL}: give either learning_rate (a fixed step, no line "
             "search) or linesearch, not both; got "
             f"learning_rate={learning_rate!r} and linesearch={linesearch!r}."
         )
@@ -266,214 +238,176 @@ def lbfgs(
         linesearch, optax.GradientTransformation
     ):
         raise TypeError(
-            "nnxopt.lbfgs: linesearch must be an optax line-search transform "
+            f"{_CALL}: linesearch must be an optax line-search transform "
             "(e.g. optax.scale_by_zoom_linesearch(...)), got "
             f"{type(linesearch).__name__}: {linesearch!r}."
         )
-    uses_linesearch = learning_rate is None
-    given = (
-        linesearch
-        if uses_linesearch
-        else optax.scale_by_learning_rate(learning_rate, flip_sign=False)
+
+
+class _Config(NamedTuple):
+    """The settings of one ``lbfgs(...)``."""
+
+    memory_size: int
+    scale_init_precond: bool
+    curvature_eps: float | None
+    rule: qn.StepRule
+
+
+def _init(config: _Config, params: optax.Params) -> LbfgsState:
+    dtype = _real_dtype(params)
+    m = config.memory_size
+    stacked = new_memory(params, m)
+    int0 = jnp.zeros((), jnp.int32)
+    return LbfgsState(
+        count=int0,
+        params=placed_zeros(params),
+        updates=placed_zeros(params),
+        diff_params_memory=stacked,
+        diff_updates_memory=stacked,
+        weights_memory=jnp.zeros((m,), dtype),
+        memory_idx=int0,
+        num_pairs=int0,
+        radius=jnp.ones((), dtype),
+        num_shrinks=int0,
+        lbfgs_info=LbfgsInfo(int0, int0, int0),
+        linesearch_state=qn.strong(config.rule.inner(dtype).init(params)),
     )
 
-    def inner_for(dtype: jnp.dtype) -> optax.GradientTransformationExtraArgs:
-        # The default search depends on the parameters' dtype, a static
-        # property: init and update pick the same one.
-        return optax.with_extra_args_support(given or default_linesearch(dtype))
 
-    m = memory_size
+class _Memory(NamedTuple):
+    """The memory after storing this update's pair (or a reset)."""
 
-    def init_fn(params: optax.Params) -> LbfgsState:
-        dtype = _real_dtype(params)
-        stacked = new_memory(params, m)
-        int0 = jnp.zeros((), jnp.int32)
-        return LbfgsState(
-            count=int0,
-            params=placed_zeros(params),
-            updates=placed_zeros(params),
-            diff_params_memory=stacked,
-            diff_updates_memory=stacked,
-            weights_memory=jnp.zeros((m,), dtype),
-            memory_idx=int0,
-            num_pairs=int0,
-            radius=jnp.ones((), dtype),
-            num_shrinks=int0,
-            lbfgs_info=LbfgsInfo(int0, int0, int0),
-            linesearch_state=_strong(inner_for(dtype).init(params)),
+    buffers: tuple[Any, Any, jax.Array]  # (s, y, rho) ring buffers
+    memory_idx: jax.Array
+    num_pairs: jax.Array
+    radius: jax.Array
+    skipped: jax.Array
+    reset: jax.Array
+
+
+def _store_pair(
+    config: _Config,
+    state: LbfgsState,
+    s: optax.Updates,
+    y: optax.Updates,
+    finite_now: jax.Array,
+    ss: jax.Array,
+) -> _Memory:
+    """Reset after a failed search, then store ``(s, y)`` if it has curvature."""
+    dtype = state.weights_memory.dtype
+    m = config.memory_size
+    eps = jnp.finfo(dtype).eps if config.curvature_eps is None else config.curvature_eps
+    sy, yy = _vdot(s, y, dtype), _vdot(y, y, dtype)
+    measured = (state.count > 0) & finite_now
+    pair_ok = qn.curvature_ok(measured, _all_finite((s, y)), sy, yy, eps)
+    reset = qn.should_reset(measured, state.linesearch_state, ss, state.num_pairs)
+    # A reset zeroes the weights only: a slot of weight 0 is skipped by the
+    # two-loop recursion, and the O(m n) pair buffers are never copied.
+    buffers = (
+        state.diff_params_memory,
+        state.diff_updates_memory,
+        _zero_if(reset, state.weights_memory),
+    )
+    num_pairs = jnp.where(reset, 0, state.num_pairs)
+    rho = jnp.where(pair_ok, 1 / jnp.where(pair_ok, sy, 1), 0).astype(dtype)
+    buffers, memory_idx, num_pairs = push(
+        buffers, (s, y, rho), pair_ok, state.memory_idx, num_pairs, m
+    )
+    radius = jnp.where(pair_ok, jnp.ones_like(state.radius), state.radius)
+    return _Memory(buffers, memory_idx, num_pairs, radius, measured & ~pair_ok, reset)
+
+
+def _direction(
+    config: _Config, g: optax.Updates, mem: _Memory, finite_now: jax.Array
+) -> tuple[optax.Updates, _Memory]:
+    """``d = -H g`` (two-loop recursion), or the scaled ``-g``, with its safeguard.
+
+    A non-finite or non-descent ``d`` resets the memory (``mem`` returned with
+    it discarded) and falls back to the scaled ``-g``.
+    """
+    dtype = mem.buffers[2].dtype
+    gnorm = jnp.sqrt(_vdot(g, g, dtype))
+    gamma_empty = qn.first_step_scale(
+        mem.radius, gnorm, config.scale_init_precond, dtype
+    )
+    if config.scale_init_precond:
+        sy_l, yy_l = _newest_products(
+            mem.buffers[:2], mem.memory_idx, mem.num_pairs, dtype
         )
+        gamma_pairs = sy_l / jnp.where(yy_l > 0, yy_l, 1)
+    else:
+        gamma_pairs = jnp.ones((), dtype)
+    gamma = jnp.where(mem.num_pairs > 0, gamma_pairs, gamma_empty)
+    direction = _scale(
+        -1,
+        two_loop_recursion(g, *mem.buffers, gamma, mem.memory_idx),  # type: ignore[call-arg]
+    )
+    slope = _vdot(g, direction, dtype)
+    bad = qn.bad_direction(finite_now, gnorm > 0, _all_finite(direction), slope)
+    direction = _where(bad, _scale(-gamma_empty, g), direction)
+    return direction, mem._replace(
+        buffers=(*mem.buffers[:2], _zero_if(bad, mem.buffers[2])),
+        num_pairs=jnp.where(bad, 0, mem.num_pairs),
+        reset=mem.reset | bad,
+    )
 
-    def update_fn(
-        updates: optax.Updates,
-        state: LbfgsState,
-        params: optax.Params | None = None,
-        *,
-        value: jax.Array | None = None,
-        grad: optax.Updates | None = None,
-        value_fn: Callable[..., jax.Array] | None = None,
-        **extra_args: Any,
-    ) -> tuple[optax.Updates, LbfgsState]:
-        if params is None:
-            raise TypeError(
-                "nnxopt.lbfgs: update needs params: call "
-                "update(grad, state, params, value=..., grad=..., value_fn=...)."
-            )
-        if uses_linesearch:
-            missing = [
-                name
-                for name, arg in (
-                    ("value", value),
-                    ("grad", grad),
-                    ("value_fn", value_fn),
-                )
-                if arg is None
-            ]
-            if missing:
-                raise TypeError(
-                    f"nnxopt.lbfgs: update is missing the keyword argument(s) "
-                    f"{', '.join(missing)}: its line search evaluates the loss. Call "
-                    "update(grad, state, params, value=value, grad=grad, "
-                    "value_fn=loss_fn) with value, grad = "
-                    "optax.value_and_grad_from_state(loss_fn)(params, state=state), "
-                    "or use nnxopt.lbfgs(learning_rate=...) for a fixed step."
-                )
-        dtype = state.weights_memory.dtype
-        inner = inner_for(dtype)
-        eps = jnp.finfo(dtype).eps if curvature_eps is None else curvature_eps
-        g = updates
-        started = state.count > 0
-        finite_now = _all_finite(g)
-        if value is not None:
-            finite_now &= jnp.all(jnp.isfinite(value))
-        info = state.lbfgs_info
 
-        # The curvature pair of the previous step, measured from the last finite
-        # iterate (the anchor).
-        s = optax.tree.sub(params, state.params)
-        y = optax.tree.sub(g, state.updates)
-        sy, yy, ss = _vdot(s, y, dtype), _vdot(y, y, dtype), _vdot(s, s, dtype)
-        finite_pair = _all_finite((s, y)) & jnp.isfinite(sy) & jnp.isfinite(yy)
-        measured = started & finite_now
-        pair_ok = measured & finite_pair & (sy > eps * yy)
-        skipped = measured & ~pair_ok
+def _update(
+    config: _Config,
+    updates: optax.Updates,
+    state: LbfgsState,
+    params: optax.Params,
+    args: qn.LossArgs,
+) -> tuple[optax.Updates, LbfgsState]:
+    dtype = state.weights_memory.dtype
+    g = updates
+    finite_now = qn.finite_point(g, args.value)
+    # The curvature pair of the previous step, measured from the last finite
+    # iterate (the anchor).
+    s = optax.tree.sub(params, state.params)
+    y = optax.tree.sub(g, state.updates)
+    ss = _vdot(s, s, dtype)
+    mem = _store_pair(config, state, s, y, finite_now, ss)
+    direction, mem = _direction(config, g, mem, finite_now)
+    accepted = LbfgsState(
+        count=optax.safe_increment(state.count),
+        params=params,
+        updates=optax.tree.cast_like(g, state.updates),
+        diff_params_memory=mem.buffers[0],
+        diff_updates_memory=mem.buffers[1],
+        weights_memory=mem.buffers[2],
+        memory_idx=mem.memory_idx,
+        num_pairs=mem.num_pairs,
+        radius=mem.radius,
+        num_shrinks=jnp.zeros_like(state.num_shrinks),
+        lbfgs_info=qn.counted(state.lbfgs_info, mem.skipped, mem.reset),
+        linesearch_state=state.linesearch_state,
+    )
+    return qn.search_or_step_back(
+        finite_now,
+        lambda: qn.search_along(config.rule, direction, accepted, params, args, dtype),
+        lambda: _recover(state, params, s, ss, mem.buffers),
+    )
 
-        status = optax.tree.get(state.linesearch_state, "status")
-        bad_search = jnp.zeros((), bool)
-        if status is not None:
-            bad_search = jnp.isin(status, jnp.asarray(_RESET_STATUSES, jnp.int32))
-        # A failed search, or no step at all (a search that found nothing): the
-        # memory, if any, is what sent the solve astray.
-        reset = measured & (bad_search | (ss == 0)) & (state.num_pairs > 0)
 
-        # A reset zeroes the weights only: a slot of weight 0 is skipped by the
-        # two-loop recursion, and the O(m n) pair buffers are never copied.
-        memory = (
-            state.diff_params_memory,
-            state.diff_updates_memory,
-            _zero_if(reset, state.weights_memory),
-        )
-        num_pairs = jnp.where(reset, 0, state.num_pairs)
-        idx = state.memory_idx
-        rho = jnp.where(pair_ok, 1 / jnp.where(pair_ok, sy, 1), 0).astype(dtype)
-        # A skipped pair writes out of bounds (dropped): an in-place update.
-        slot = jnp.where(pair_ok, idx, m)
-        memory = jax.tree.map(
-            lambda mem, v: mem.at[slot].set(v, mode="drop"), memory, (s, y, rho)
-        )
-        memory_idx = jnp.where(pair_ok, (idx + 1) % m, idx)
-        num_pairs = jnp.where(pair_ok, jnp.minimum(num_pairs + 1, m), num_pairs)
-        radius = jnp.where(pair_ok, jnp.ones_like(state.radius), state.radius)
-
-        # Direction: two-loop recursion, or the scaled steepest descent.
-        gnorm = jnp.sqrt(_vdot(g, g, dtype))
-        gamma_empty = jnp.minimum(1, radius / gnorm).astype(dtype)
-        if scale_init_precond:
-            sy_l, yy_l = _newest_products(memory[:2], memory_idx, num_pairs, dtype)
-            gamma_pairs = sy_l / jnp.where(yy_l > 0, yy_l, 1)
-        else:
-            gamma_empty = jnp.where(radius < 1, gamma_empty, 1).astype(dtype)
-            gamma_pairs = jnp.ones((), dtype)
-        gamma = jnp.where(num_pairs > 0, gamma_pairs, gamma_empty)
-        direction = _scale(-1, two_loop_recursion(g, *memory, gamma, memory_idx))  # type: ignore[call-arg]
-        slope = _vdot(g, direction, dtype)
-        bad_direction = (
-            finite_now
-            & (gnorm > 0)
-            & ~(_all_finite(direction) & jnp.isfinite(slope) & (slope < 0))
-        )
-        direction = _where(bad_direction, _scale(-gamma_empty, g), direction)
-        memory = (*memory[:2], _zero_if(bad_direction, memory[2]))
-        num_pairs = jnp.where(bad_direction, 0, num_pairs)
-        reset |= bad_direction
-
-        normal_state = LbfgsState(
-            count=optax.safe_increment(state.count),
-            params=params,
-            updates=optax.tree.cast_like(g, state.updates),
-            diff_params_memory=memory[0],
-            diff_updates_memory=memory[1],
-            weights_memory=memory[2],
-            memory_idx=memory_idx,
-            num_pairs=num_pairs,
-            radius=radius,
-            num_shrinks=jnp.zeros_like(state.num_shrinks),
-            lbfgs_info=LbfgsInfo(
-                num_skipped=info.num_skipped + skipped.astype(jnp.int32),
-                num_resets=info.num_resets + reset.astype(jnp.int32),
-                num_nonfinite=info.num_nonfinite,
-            ),
-            linesearch_state=state.linesearch_state,
-        )
-
-        def search(_: None) -> tuple[optax.Updates, LbfgsState]:
-            kwargs = dict(extra_args)
-            if uses_linesearch:
-                kwargs.update(value=value, grad=grad, value_fn=value_fn)
-            step, ls_state = inner.update(
-                direction, state.linesearch_state, params, **kwargs
-            )
-            ls_state = optax.tree.cast_like(ls_state, state.linesearch_state)
-            step = optax.tree.cast_like(step, params)
-            # A line search that returns a non-finite step makes no step; the next
-            # update then sees no progress and resets the memory.
-            step = _where(_all_finite(step), step, optax.tree.zeros_like(step))
-            return step, normal_state._replace(linesearch_state=_strong(ls_state))
-
-        def recover(_: None) -> tuple[optax.Updates, LbfgsState]:
-            # Non-finite loss or gradient at the trial point x_prev + s: move to
-            # x_prev + s/2, or, after repeated failure, back to x_prev with a
-            # fresh memory and a shorter first step.
-            num_shrinks = state.num_shrinks + 1
-            give_up = num_shrinks >= _MAX_SHRINKS
-            back = _scale(jnp.where(give_up, -1, _SHRINK - 1).astype(dtype), s)
-            back = _where(started & _all_finite(s), back, optax.tree.zeros_like(s))
-            new_radius = jnp.minimum(1, _SHRINK * jnp.sqrt(ss)).astype(dtype)
-            ls_state = state.linesearch_state
-            if optax.tree.get(ls_state, "value") is not None:
-                # Makes optax.value_and_grad_from_state re-evaluate at the new point.
-                ls_state = optax.tree.set(
-                    ls_state,
-                    value=jnp.full_like(optax.tree.get(ls_state, "value"), jnp.inf),
-                )
-            new_state = state._replace(
-                count=optax.safe_increment(state.count),
-                # The written buffers, equal to the old ones here (a non-finite
-                # point writes no pair): with the old ones live in this branch,
-                # XLA would copy both O(m n) buffers every iteration.
-                diff_params_memory=memory[0],
-                diff_updates_memory=memory[1],
-                weights_memory=_zero_if(give_up, state.weights_memory),
-                num_pairs=jnp.where(give_up, 0, state.num_pairs),
-                radius=jnp.where(give_up, new_radius, state.radius),
-                num_shrinks=jnp.where(give_up, 0, num_shrinks),
-                lbfgs_info=info._replace(
-                    num_resets=info.num_resets + give_up.astype(jnp.int32),
-                    num_nonfinite=info.num_nonfinite + 1,
-                ),
-                linesearch_state=_strong(ls_state),
-            )
-            return optax.tree.cast_like(back, params), new_state
-
-        return jax.lax.cond(finite_now, search, recover, None)
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+def _recover(
+    state: LbfgsState,
+    params: optax.Params,
+    s: optax.Updates,
+    ss: jax.Array,
+    buffers: tuple[Any, Any, jax.Array],
+) -> tuple[optax.Updates, LbfgsState]:
+    """Step back from a non-finite point; giving up discards the memory."""
+    dtype = state.weights_memory.dtype
+    back = qn.step_back(state, state.lbfgs_info, params, s, _all_finite(s), ss, dtype)
+    new_state = back.state._replace(
+        # The written buffers, equal to the old ones here (a non-finite point
+        # writes no pair): with the old ones live in this branch, XLA would
+        # copy both O(m n) buffers every iteration.
+        diff_params_memory=buffers[0],
+        diff_updates_memory=buffers[1],
+        weights_memory=_zero_if(back.give_up, state.weights_memory),
+        num_pairs=jnp.where(back.give_up, 0, state.num_pairs),
+        lbfgs_info=back.info,
+    )
+    return back.updates, new_state

@@ -34,7 +34,8 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from . import _bounds
-from ._status import SearchStatus
+from . import _quasi_newton as qn
+from ._memory import push
 from .linesearch import _common
 from .linesearch.more_thuente import MoreThuenteState, _search
 
@@ -44,11 +45,6 @@ _CALL = "nnxopt.lbfgsb"
 _INT = jnp.int32
 # Largest step of a search along a direction no bound limits (scipy's 1e10).
 _BIG_STEP = 1e10
-_RESET_STATUSES = (
-    SearchStatus.NOT_DESCENT,
-    SearchStatus.LINESEARCH_FAILED,
-    SearchStatus.NON_FINITE,
-)
 
 
 class LbfgsbInfo(NamedTuple):
@@ -326,65 +322,69 @@ def lbfgsb(
         raise TypeError(
             f"{_CALL}: bounds must be a pair (lower, upper) or None; got {bounds!r}."
         )
-    m = memory_size
+    config = _Config(memory_size, bounds, cfg)
+    return qn.transform(
+        _CALL, config, _init, _update_in_box, needs_loss=True,
+        missing_error=_common.missing_args_error,
+    )  # fmt: skip
 
-    def init_fn(params: optax.Params) -> LbfgsbState:
-        flat, _ = ravel_pytree(params)
-        zeros = jnp.zeros((m, flat.shape[0]), flat.dtype)
-        int0 = jnp.zeros((), _INT)
-        ls = MoreThuenteState(**_common.init_fields(params))
-        return LbfgsbState(
-            count=int0,
-            params=optax.tree.zeros_like(params),
-            updates=optax.tree.zeros_like(params),
-            s_memory=zeros,
-            y_memory=zeros,
-            memory_idx=int0,
-            num_pairs=int0,
-            num_active=int0,
-            lbfgsb_info=LbfgsbInfo(int0, int0, int0),
-            linesearch_state=_strong(ls),
-        )
 
-    def update_fn(
-        updates: optax.Updates,
-        state: LbfgsbState,
-        params: optax.Params | None = None,
-        *,
-        value: jax.Array | None = None,
-        grad: optax.Updates | None = None,
-        value_fn: Callable[..., jax.Array] | None = None,
-        bounds: tuple[Any, Any] | None = None,
-        **extra_args: Any,
-    ) -> tuple[optax.Updates, LbfgsbState]:
-        del extra_args
-        if params is None:
-            raise TypeError(
-                f"{_CALL}: update needs params: call update(grad, state, params, "
-                "value=..., grad=..., value_fn=...)."
-            )
-        _common.missing_args_error(_CALL, value, grad, value_fn)
-        assert value_fn is not None
-        box = bounds if bounds is not None else given
-        box = _bounds.normalize(_CALL, (None, None) if box is None else box, params)
-        inside = _inside(params, box)
+class _Config(NamedTuple):
+    """The settings of one ``lbfgsb(...)``: ``m``, the bounds, the search's."""
 
-        def search(_: None) -> tuple[Any, LbfgsbState]:
-            return _update(updates, state, params, value, grad, value_fn, box, cfg, m)
+    memory_size: int
+    bounds: tuple[Any, Any] | None
+    search: Any  # _common.Settings
 
-        def enter(_: None) -> tuple[Any, LbfgsbState]:
-            # A start outside the box (the step API; solve projects its start):
-            # step onto the box and mark the stored value stale, so that the
-            # next update evaluates there.
-            step = optax.tree.sub(_bounds.project(params, box), params)
-            ls = state.linesearch_state
-            ls = ls._replace(value=jnp.full_like(ls.value, jnp.inf))
-            return step, state._replace(linesearch_state=ls)
 
-        return jax.lax.cond(inside, search, enter, None)
+def _init(config: _Config, params: optax.Params) -> LbfgsbState:
+    m = config.memory_size
+    flat, _ = ravel_pytree(params)
+    zeros = jnp.zeros((m, flat.shape[0]), flat.dtype)
+    int0 = jnp.zeros((), _INT)
+    ls = MoreThuenteState(**_common.init_fields(params))
+    return LbfgsbState(
+        count=int0,
+        params=optax.tree.zeros_like(params),
+        updates=optax.tree.zeros_like(params),
+        s_memory=zeros,
+        y_memory=zeros,
+        memory_idx=int0,
+        num_pairs=int0,
+        num_active=int0,
+        lbfgsb_info=LbfgsbInfo(int0, int0, int0),
+        linesearch_state=qn.strong(ls),
+    )
 
-    given = bounds
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+def _update_in_box(
+    config: _Config,
+    updates: optax.Updates,
+    state: LbfgsbState,
+    params: optax.Params,
+    args: qn.LossArgs,
+) -> tuple[optax.Updates, LbfgsbState]:
+    """The update; ``bounds`` given to ``update`` replaces the configured one."""
+    bounds = args.extra.get("bounds")
+    value, grad, value_fn = args.value, args.grad, args.value_fn
+    assert value_fn is not None
+    box = bounds if bounds is not None else config.bounds
+    box = _bounds.normalize(_CALL, (None, None) if box is None else box, params)
+    inside = _inside(params, box)
+    m, cfg = config.memory_size, config.search
+
+    def search(_: None) -> tuple[Any, LbfgsbState]:
+        return _update(updates, state, params, value, grad, value_fn, box, cfg, m)
+
+    def enter(_: None) -> tuple[Any, LbfgsbState]:
+        # A start outside the box (the step API; solve projects its start):
+        # step onto the box and mark the stored value stale, so that the
+        # next update evaluates there.
+        step = optax.tree.sub(_bounds.project(params, box), params)
+        ls = qn.mark_stale(state.linesearch_state)
+        return step, state._replace(linesearch_state=ls)
+
+    return jax.lax.cond(inside, search, enter, None)
 
 
 def _inside(params: Any, box: tuple) -> jax.Array:
@@ -393,10 +393,6 @@ def _inside(params: Any, box: tuple) -> jax.Array:
     p = ravel_pytree(_bounds.project(params, box))[0]
     eps = jnp.finfo(x.dtype).eps
     return jnp.all(jnp.abs(p - x) <= 4 * eps * jnp.maximum(jnp.abs(x), 1))
-
-
-def _strong(tree: Any) -> Any:
-    return jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.result_type(x)), tree)
 
 
 def _memory(state: LbfgsbState, x: jax.Array, g: jax.Array, ok: jax.Array, m: int) -> tuple:  # fmt: skip
@@ -408,18 +404,17 @@ def _memory(state: LbfgsbState, x: jax.Array, g: jax.Array, ok: jax.Array, m: in
     s, y = x - x_prev, g - g_prev
     sy, yy = s @ y, y @ y
     measured = (state.count > 0) & ok
-    pair_ok = measured & jnp.isfinite(sy) & jnp.isfinite(yy)
-    pair_ok &= sy > jnp.finfo(dtype).eps * yy
-    status = state.linesearch_state.status
-    bad_search = jnp.isin(status, jnp.asarray(_RESET_STATUSES, _INT))
-    reset = measured & (bad_search | (s @ s == 0)) & (state.num_pairs > 0)
+    pair_ok = qn.curvature_ok(measured, True, sy, yy, jnp.finfo(dtype).eps)
+    reset = qn.should_reset(measured, state.linesearch_state, s @ s, state.num_pairs)
     num_pairs = jnp.where(reset, 0, state.num_pairs)
-    idx = state.memory_idx
-    slot = jnp.where(pair_ok, idx, m)  # out of range: dropped
-    s_mem = state.s_memory.at[slot].set(s.astype(dtype), mode="drop")
-    y_mem = state.y_memory.at[slot].set(y.astype(dtype), mode="drop")
-    idx = jnp.where(pair_ok, (idx + 1) % m, idx)
-    num_pairs = jnp.where(pair_ok, jnp.minimum(num_pairs + 1, m), num_pairs)
+    (s_mem, y_mem), idx, num_pairs = push(
+        (state.s_memory, state.y_memory),
+        (s.astype(dtype), y.astype(dtype)),
+        pair_ok,
+        state.memory_idx,
+        num_pairs,
+        m,
+    )
     return s_mem, y_mem, idx, num_pairs, measured & ~pair_ok, reset
 
 
@@ -431,7 +426,7 @@ def _update(
     g = ravel_pytree(updates)[0].astype(x.dtype)
     lo = ravel_pytree(box[0])[0].astype(x.dtype)
     up = ravel_pytree(box[1])[0].astype(x.dtype)
-    ok = jnp.all(jnp.isfinite(g)) & jnp.isfinite(value)
+    ok = qn.finite_point(g, value)
     s_mem, y_mem, idx, num_pairs, skipped, reset = _memory(state, x, g, ok, m)
     age = (jnp.arange(m) - idx) % m
     valid = age >= m - num_pairs
@@ -470,11 +465,9 @@ def _update(
         memory_idx=idx,
         num_pairs=num_pairs,
         num_active=jnp.sum((new_flat <= lo) | (new_flat >= up)).astype(_INT),
-        lbfgsb_info=LbfgsbInfo(
-            num_skipped=info.num_skipped + skipped.astype(_INT),
-            num_resets=info.num_resets + reset.astype(_INT),
-            num_truncated=info.num_truncated + truncated.astype(_INT),
+        lbfgsb_info=qn.counted(info, skipped, reset)._replace(
+            num_truncated=info.num_truncated + truncated.astype(_INT)
         ),
-        linesearch_state=_strong(MoreThuenteState(**fields)),
+        linesearch_state=qn.strong(MoreThuenteState(**fields)),
     )
     return step, new_state

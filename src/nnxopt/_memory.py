@@ -62,6 +62,28 @@ def scale(a: jax.Array | float, x: Any) -> Any:
     return jax.tree.map(lambda xi: jnp.asarray(a, xi.dtype) * xi, x)
 
 
+def push(
+    memory: Any,
+    pair: Any,
+    ok: jax.Array,
+    memory_idx: jax.Array,
+    num_pairs: jax.Array,
+    m: int,
+) -> tuple[Any, jax.Array, jax.Array]:
+    """Store ``pair`` in slot ``memory_idx`` of the ring buffers if ``ok``.
+
+    ``memory`` and ``pair`` are pytrees of the same structure (a buffer per
+    leaf, leading axis ``m``). A skipped pair writes out of bounds (dropped):
+    an in-place update, no copy of the buffers. Returns the buffers, the next
+    slot and the number of stored pairs.
+    """
+    slot = jnp.where(ok, memory_idx, m)
+    memory = jax.tree.map(lambda mem, v: mem.at[slot].set(v, mode="drop"), memory, pair)
+    memory_idx = jnp.where(ok, (memory_idx + 1) % m, memory_idx)
+    num_pairs = jnp.where(ok, jnp.minimum(num_pairs + 1, m), num_pairs)
+    return memory, memory_idx, num_pairs
+
+
 def zero_if(cond: jax.Array, weights: jax.Array) -> jax.Array:
     """Discard every stored pair (weights 0) when ``cond``; the buffers stay."""
     return jnp.where(cond, jnp.zeros_like(weights), weights)

@@ -422,13 +422,18 @@ def init_fields(params: Any) -> dict[str, Any]:
     )
 
 
-def missing_args_error(call: str, value: Any, grad: Any, value_fn: Any) -> None:
-    """Explain a missing extra argument in our words, at trace time."""
-    missing = [
+def missing_names(value: Any, grad: Any, value_fn: Any) -> list[str]:
+    """The names of the extra arguments of a search's ``update`` that are None."""
+    return [
         n
         for n, v in (("value", value), ("grad", grad), ("value_fn", value_fn))
         if v is None
     ]
+
+
+def missing_args_error(call: str, value: Any, grad: Any, value_fn: Any) -> None:
+    """Explain a missing extra argument in our words, at trace time."""
+    missing = missing_names(value, grad, value_fn)
     if missing:
         raise TypeError(
             f"{call}(...).update: missing keyword argument(s) "
