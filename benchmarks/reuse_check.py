@@ -10,6 +10,9 @@ process; both reuse on every step, so they differ by the check alone.
 
     python -m benchmarks.reuse_check [--steps 300] [--rounds 7] [--clock process]
 
+It also prints XLA's cost analysis (flops, bytes accessed) of both compiled steps:
+deterministic, where the clocks are not.
+
 ``--clock process`` times the CPU this process used (all its threads) instead of
 wall time: on a machine shared with other jobs, time spent waiting for a core
 is not counted, so the comparison is far less noisy (use it on CPU only).
@@ -102,6 +105,13 @@ def check_alone(state, dynamic, steps: int, rounds: int) -> float:
     return statistics.median(times)
 
 
+def _cost(compiled) -> tuple[float, float]:
+    """``(flops, bytes accessed)`` of a compiled step from XLA's cost analysis."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
@@ -156,6 +166,14 @@ def main() -> None:
         f"  noise            : the step without check varies {spread[0]:+.1f}% .. "
         f"{spread[-1]:+.1f}% around its median over the rounds"
     )
+    # XLA's own estimate of the work, deterministic where the clocks are not.
+    costs = [_cost(v[0]) for v in (with_check, without)]
+    for label, i in (("flops", 0), ("bytes accessed", 1)):
+        a, b = costs[0][i], costs[1][i]
+        print(
+            f"  XLA {label:<13}: {a:.0f} with, {b:.0f} without the check "
+            f"({100 * (a - b) / b:+.2f}%)"
+        )
     print(
         f"check alone        : {alone * 1e6:8.1f} us = {100 * alone / off:.1f}% of a "
         "step (its own compiled call: an upper bound, dispatch included)"
