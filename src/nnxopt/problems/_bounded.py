@@ -270,14 +270,19 @@ def least_squares_data(m: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarra
     return rng.standard_normal((m, n)), rng.standard_normal(m)
 
 
-def nnls(m: int = 20, n: int = 8, seed: int = 4) -> BoundedProblem:
-    """Non-negative least squares ``||A x - b||^2``, ``x >= 0`` (``scipy.optimize.nnls``)."""
-    a, b = least_squares_data(m, n, seed)
+def _least_squares(a: np.ndarray, b: np.ndarray) -> Callable[[Array], Array]:
+    """``x -> ||A x - b||^2`` in the dtype of ``x`` (NNLS and the boxed fit)."""
 
     def fn(x: Array) -> Array:
         r = jnp.asarray(a, x.dtype) @ x - jnp.asarray(b, x.dtype)
         return r @ r
 
+    return fn
+
+
+def nnls(m: int = 20, n: int = 8, seed: int = 4) -> BoundedProblem:
+    """Non-negative least squares ``||A x - b||^2``, ``x >= 0`` (``scipy.optimize.nnls``)."""
+    fn = _least_squares(*least_squares_data(m, n, seed))
     return _problem(
         "nnls", fn, np.ones(n), 0.0, np.inf, on_bound=True,
         notes="reference: scipy.optimize.nnls(A, b) (least_squares_data(m, n, seed))",
@@ -286,12 +291,7 @@ def nnls(m: int = 20, n: int = 8, seed: int = 4) -> BoundedProblem:
 
 def bounded_least_squares(m: int = 30, n: int = 8, seed: int = 5) -> BoundedProblem:
     """``||A x - b||^2`` on ``[-0.2, 0.2]^n`` (``scipy.optimize.lsq_linear``)."""
-    a, b = least_squares_data(m, n, seed)
-
-    def fn(x: Array) -> Array:
-        r = jnp.asarray(a, x.dtype) @ x - jnp.asarray(b, x.dtype)
-        return r @ r
-
+    fn = _least_squares(*least_squares_data(m, n, seed))
     return _problem(
         "bounded_least_squares", fn, np.zeros(n), -0.2, 0.2, on_bound=True,
         notes="reference: scipy.optimize.lsq_linear(A, b, bounds=(-0.2, 0.2))",
