@@ -22,6 +22,7 @@ A GPU column is measured only when a GPU is present (none here: skipped).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -104,27 +105,17 @@ def _optax_loop(f, maxiter):
     return run
 
 
-def _counted(f):
-    """``f`` that counts its evaluations on the host (an un-timed run only)."""
-    import jax
-
-    calls = [0]
-
-    def tick(_):
-        calls[0] += 1
-
-    def g(p, *args):
-        value = f(p, *args)
-        jax.debug.callback(tick, value)
-        return value
-
-    return g, calls
+def _counting(f, counter, p, *args):
+    """``f``, its evaluations counted by ``counter`` (an un-timed run only)."""
+    return counter.tick(f(p, *args))
 
 
 def memory(quick: bool, sizes=None, problems=None) -> list[dict]:
     import jax
 
     import nnxopt
+
+    from .step_overhead import Counter
 
     rows = []
     sizes = sizes or ((10**6,) if quick else (10**6, 10**7))
@@ -146,7 +137,8 @@ def memory(quick: bool, sizes=None, problems=None) -> list[dict]:
             peak_peer = _peak_bytes(peer.lower(params, *args).compile())
             t_peer = _timed(peer, params, *args) / maxiter
             # the peer's evaluations, counted in a separate un-timed run
-            counting, calls = _counted(f)
+            counter = Counter()
+            counting = functools.partial(_counting, f, counter)
             jax.block_until_ready(
                 jax.jit(_optax_loop(counting, maxiter))(params, *args)
             )
@@ -160,9 +152,9 @@ def memory(quick: bool, sizes=None, problems=None) -> list[dict]:
                     peak_optax_mb=peak_peer / 1e6,
                     c_optax=peak_peer / nb - 2 * M,
                     s_per_it=t_ours, s_per_it_optax=t_peer,
-                    nfev_per_it_optax=calls[0] / maxiter,
+                    nfev_per_it_optax=counter.n / maxiter,
                     s_per_eval=t_ours * int(sol.nit) / int(sol.nfev),
-                    s_per_eval_optax=t_peer * maxiter / calls[0],
+                    s_per_eval_optax=t_peer * maxiter / counter.n,
                 )
             )  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
