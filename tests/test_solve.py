@@ -433,6 +433,22 @@ def test_nan_wall_is_never_reported_as_convergence_by_solve(name):
     _check_wall_outcome(sol.success, sol.grad_norm, sol.fun, sol.params["w"], values)
 
 
+@pytest.mark.parametrize("name", ["backtracking", "lbfgs"])
+def test_nan_wall_with_a_parameter_sized_leaf(name):
+    # A leaf of COND_SIZE elements: the loop keeps or moves the iterate with a
+    # lax.cond instead of a select (nnxopt._tree.choose); same outcome.
+    from nnxopt._tree import COND_SIZE
+
+    def f(p):
+        return nan_wall({"w": p["w"]}) + jnp.sum(p["pad"] ** 2)
+
+    p0 = {"w": jnp.zeros(3, jnp.float32), "pad": jnp.zeros(COND_SIZE, jnp.float32)}
+    sol = solve(f, p0, tx=WALL_TX[name]())
+    values = sol.history.trim().value
+    _check_wall_outcome(sol.success, sol.grad_norm, sol.fun, sol.params["w"], values)
+    np.testing.assert_array_equal(np.asarray(sol.params["pad"]), 0.0)
+
+
 class WallModel(nnx.Module):
     def __init__(self):
         self.w = nnx.Param(jnp.zeros(3, jnp.float32))

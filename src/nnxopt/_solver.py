@@ -22,7 +22,7 @@ from ._lbfgs import lbfgs
 from ._objective import explain_tracer_errors, unpack_loss
 from ._protocol import Capabilities, extra_args
 from ._status import Status
-from ._tree import all_finite, cast_like, inf_norm, lowest_precision, select, strong
+from ._tree import all_finite, cast_like, choose, inf_norm, lowest_precision, select, strong
 
 PyTree = Any
 _INT = jnp.int32
@@ -460,12 +460,12 @@ class Solver:
         )  # fmt: skip
         # The transform's state always advances (a reset memory, a shorter
         # step): no select, which would copy the L-BFGS memory every iteration.
-        new = select(accept, moved, state)._replace(
+        new = choose(accept, moved, state)._replace(
             opt_state=opt_state, nit=nit, nfev=nfev, njev=njev, num_fails=fails,
             status=status,
         )  # fmt: skip
         better = accept & (f < state.best.value)
-        best = select(better, BestPoint(x, f, gn, aux, written), state.best)
+        best = choose(better, BestPoint(x, f, gn, aux, written), state.best)
         return new._replace(best=best)
 
     def final(
