@@ -39,9 +39,13 @@ def _padded(x):
 
 
 def memory_specs(opt_state):
-    """Specs of every L-BFGS memory leaf (and param-shaped state) in opt_state."""
-    mem = (opt_state.diff_params_memory, opt_state.diff_updates_memory)
-    return specs(mem)
+    """Specs of the curvature memory in opt_state: the L-BFGS pair buffers (a
+    leaf per parameter), L-BFGS-B's (m, n) buffers, or BFGS's n x n matrix."""
+    if hasattr(opt_state, "s_memory"):
+        return specs((opt_state.s_memory, opt_state.y_memory))
+    if hasattr(opt_state, "inv_hessian"):
+        return specs((opt_state.inv_hessian,))
+    return specs((opt_state.diff_params_memory, opt_state.diff_updates_memory))
 
 
 def least_squares(p, X, Y):
@@ -50,13 +54,18 @@ def least_squares(p, X, Y):
     return 0.5 * jnp.mean(jnp.sum(r**2, axis=-1)) + 0.5 * RIDGE * jnp.sum(p["W"] ** 2)
 
 
-def closed_form(X, Y):
+def weights_only(W, X, Y):
+    """The ridge loss of a single (large) parameter, no bias."""
+    return least_squares({"W": W, "b": jnp.zeros((), W.dtype)}, X, Y)
+
+
+def closed_form(X, Y, bias=True):
     """The ridge solution in float64 with NumPy (an independent reference)."""
     n = X.shape[0]
-    Xa = np.hstack([X, np.ones((n, 1))])
-    reg = np.diag([RIDGE] * X.shape[1] + [0.0]) * n
+    Xa = np.hstack([X, np.ones((n, 1))]) if bias else X
+    reg = np.diag([RIDGE] * X.shape[1] + [0.0] * bias) * n
     sol = np.linalg.solve(Xa.T @ Xa + reg, Xa.T @ Y)
-    return sol[:-1].T, sol[-1]
+    return (sol[:-1].T, sol[-1]) if bias else sol.T
 
 
 def report(name, ref, sol, exact, init_state):
@@ -118,10 +127,53 @@ def main() -> None:
         nnxopt.solve(least_squares, pa, Xb, Yb)
     except ValueError as error:
         out["mesh_error"] = str(error)
+    out.update(dense_and_boxed_cases(X, Y, opts))
     if "nnx" in sys.argv[1:]:
         # 3. minimize and minimize_step on an NNX model sharded like case 2.
         out.update(nnx_cases(mesh, X, Y, exact, ref))
     json.dump(out, sys.stdout)
+
+
+def dense_and_boxed_cases(X, Y, opts):
+    """L-BFGS-B (model and data parallel, and unsharded: the reference) and
+    dense BFGS (model parallel; checked against the closed form only, to save
+    a compile) on one weight matrix W (k x d) without bias: its raveled vector
+    is sharded like W, so L-BFGS-B's (m, n) memory is sharded P(None, "x") and
+    BFGS's n x n matrix P("x", None) (rows like the vector)."""
+    W = closed_form(X, Y, bias=False)
+    W0 = jnp.zeros(W.shape)
+    auto = jax.make_mesh((4,), ("x",), axis_types=(AxisType.Auto,))
+    explicit = jax.make_mesh((4,), ("x",), axis_types=(AxisType.Explicit,))
+
+    def on(mesh, a, *spec):
+        return jax.device_put(a, NamedSharding(mesh, P(*spec)))
+
+    model = (on(auto, W0, "x", None), on(auto, X), on(auto, Y))
+    data = (on(explicit, W0), on(explicit, X, "x", None), on(explicit, Y, "x", None))
+    ref = nnxopt.solve(
+        weights_only, W0, jnp.asarray(X), jnp.asarray(Y), tx=nnxopt.lbfgsb(), **opts
+    )
+    out = {}
+    for name, tx, inputs in (
+        ("lbfgsb_model", nnxopt.lbfgsb(), model),
+        ("lbfgsb_data", nnxopt.lbfgsb(), data),
+        ("bfgs_model", nnxopt.bfgs(), model),
+    ):
+        init = jax.jit(nnxopt.Solver(weights_only, tx=tx, **opts).init)(*inputs)
+        sol = nnxopt.solve(weights_only, *inputs, tx=tx, **opts)
+        out[name] = {
+            "status": int(sol.status),
+            "err": float(np.max(np.abs(np.asarray(sol.params) - W))),
+            "params": specs(sol.params),
+            "memory_init": memory_specs(init.opt_state),
+            "memory_final": memory_specs(sol.state.opt_state),
+        }
+        if name.startswith("lbfgsb"):
+            out[name]["status"] = [int(ref.status), int(sol.status)]
+            out[name]["nit"] = [int(ref.nit), int(sol.nit)]
+            diff = jnp.max(jnp.abs(sol.params - ref.params))
+            out[name]["diff"] = float(diff)
+    return out
 
 
 def nnx_cases(mesh, X, Y, exact, ref):

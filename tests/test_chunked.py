@@ -162,11 +162,56 @@ def test_errors():
         nnxopt.chunked(mse, 4, reduction="max")
     with pytest.raises(ValueError, match=r"\{'args\[0\]': 103, 'args\[1\]': 50\}"):
         nnxopt.chunked(mse, 4)(w, X, y[:50])
-    with pytest.raises(ValueError, match="with respect to the data"):
-        jax.grad(nnxopt.chunked(mse, 4), argnums=1)(w, X, y)
     with pytest.raises(ValueError, match="batch_argnums"):
         nnxopt.chunked(mse, 4, batch_argnums=(5,))(w, X, y)
+    with pytest.raises(
+        TypeError, match=r"loss_fn returned a tuple \{\[0\]: float64\[\]"
+    ):
+        nnxopt.chunked(lambda w, X, y: (mse(w, X, y), X @ w), 4)(w, X, y)
     with pytest.raises(TypeError, match="real floating scalar"):
         nnxopt.chunked(lambda w, X: X @ w, 4)(w, X)
     # optax's own value_and_grad_from_state composes with it
     assert callable(optax.value_and_grad_from_state(nnxopt.chunked(mse, 4)))
+
+
+def test_forward_mode_and_other_arguments():
+    # jvp, jacfwd, the Hessian (forward over reverse) and the gradient with
+    # respect to the data equal the unchunked loss's up to summation order.
+    X, y = data()
+    w = jnp.linspace(-0.3, 0.4, D)
+    t = jnp.linspace(1.0, 2.0, D)
+    f = nnxopt.chunked(mse, 10)  # 10 chunks and a tail of 3
+    scale = float(mse(w, X, y))
+    got = jax.jvp(lambda w: f(w, X, y), (w,), (t,))
+    want = jax.jvp(lambda w: mse(w, X, y), (w,), (t,))
+    np.testing.assert_allclose(got, want, rtol=0, atol=SUM_ORDER * scale)
+    for d in (jax.jacfwd, jax.hessian, lambda g: jax.grad(g, argnums=(1, 2))):
+        got, want = d(f)(w, X, y), d(mse)(w, X, y)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            np.testing.assert_allclose(a, b, rtol=0, atol=SUM_ORDER * scale)
+
+
+def test_implicit_gradient_through_a_chunked_solve():
+    # d w*(lam) / d lam of ridge regression, lam passed whole to every chunk
+    # (mean reduction: the chunk weights sum to 1, so lam |w|^2 is counted
+    # once). Closed form (NumPy, float64): w* = (A + lam I)^-1 b and
+    # dw*/dlam = -(A + lam I)^-1 w*, A = X^T X / N, b = X^T y / N.
+    X, y = data()
+
+    def loss(w, X, y, *, lam):
+        return jnp.mean((X @ w - y) ** 2) + lam * jnp.sum(w**2)
+
+    f = nnxopt.chunked(loss, 25)  # 4 chunks and a tail of 3
+
+    def total(lam):
+        sol = nnxopt.solve(f, jnp.zeros(D), X, y, lam=lam, gtol=1e-11, ftol=0.0)
+        return jnp.sum(sol.params)
+
+    lam = 0.3
+    A = np.asarray(X).T @ np.asarray(X) / N
+    b = np.asarray(X).T @ np.asarray(y) / N
+    M = A + lam * np.eye(D)
+    dw = -np.linalg.solve(M, np.linalg.solve(M, b))
+    # gtol=1e-11 and CG's 1e-10 relative residual on a system whose matrix has
+    # eigenvalues >= lam = 0.3: the derivative is exact to ~1e-9.
+    assert abs(float(jax.grad(total)(lam)) - dw.sum()) <= 1e-8

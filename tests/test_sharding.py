@@ -1,8 +1,9 @@
 """Sharded solves on 4 forced CPU devices (``tests/sharding_child.py``, one
 subprocess, so that each problem compiles once): data parallel (batch-sharded
 data, replicated parameters, an explicit mesh) and model parallel (a weight
-sharded on its first axis, an automatic mesh). Asserted: the shardings of the
-parameters and of every L-BFGS memory leaf after ``init`` and after the solve,
+sharded on its first axis, an automatic mesh), for L-BFGS, and for L-BFGS-B
+and dense BFGS on a single weight. Asserted: the shardings of the parameters
+and of every curvature-memory leaf after ``init`` and after the solve,
 and the same status, iterations and solution as the unsharded solve and the
 closed-form ridge solution (NumPy, float64)."""
 
@@ -76,6 +77,35 @@ def test_sharded_solve_matches_unsharded(case):
     _expect(r["grad_final"], params)
     for when in ("memory_init", "memory_final"):
         _expect(r[when], memory)
+
+
+@pytest.mark.parametrize(
+    ("case", "memory"),
+    [
+        # L-BFGS-B's (m, n) buffers over the raveled W: the memory axis
+        # replicated, n sharded like the raveled W (or replicated with it).
+        ("lbfgsb_model", [None, "x"]),
+        ("lbfgsb_data", [None, None]),
+        # BFGS's n x n matrix: rows sharded like the raveled W, columns
+        # replicated (what H @ y needs; the compiler keeps it in the loop).
+        ("bfgs_model", ["x", None]),
+    ],
+)
+def test_sharded_lbfgsb_and_bfgs(case, memory):
+    r = _run()[case]
+    if case.startswith("lbfgsb"):
+        # against the unsharded L-BFGS-B solve, as in the L-BFGS cases above:
+        # round-off of the sums only
+        assert r["status"] == [CONVERGED_GTOL, CONVERGED_GTOL]
+        assert r["nit"][0] == r["nit"][1]
+        assert r["diff"] <= SAME_SOLVE
+    else:
+        assert r["status"] == CONVERGED_GTOL
+    # W alone (no bias), same ridge conditioning and gtol as above
+    assert r["err"] <= EXACT
+    _expect(r["params"], {"": [None, None] if case.endswith("data") else ["x", None]})
+    for when in ("memory_init", "memory_final"):
+        _expect(r[when], {f"[{i}]": memory for i in range(len(r[when]))})
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from jax.flatten_util import ravel_pytree
 
 from . import _quasi_newton as qn
 from ._broyden import rank_two_update, scaling_parameters
+from ._memory import placed_zeros
 
 _CALL = "nnxopt.bfgs"
 
@@ -362,7 +363,12 @@ def bfgs(
     float dtypes are flattened to their promotion, e.g. float32 + float64 ->
     float64; the updates are cast back leaf by leaf); an update makes a few
     ``n x n`` temporaries. ``init`` raises when ``n^2 * itemsize`` exceeds
-    ``max_dense_bytes``.
+    ``max_dense_bytes``. Sharding: ``H`` cannot be sharded like the
+    parameters; its rows are placed like the flattened parameter vector and
+    its columns replicated, from ``init`` on (a parameter sharded on its first
+    axis over ``d`` devices: ``n^2 / d`` values per device). With replicated
+    parameters (data parallelism) every device holds all of ``H``: for large
+    sharded models use ``nnxopt.lbfgs`` or ``nnxopt.lbfgsb`` (``docs/scale.md``).
 
     Args:
         learning_rate: a fixed step size (or schedule) instead of a line search.
@@ -464,9 +470,9 @@ def _init(config: _Config, params: optax.Params) -> BfgsState:
     int0 = jnp.zeros((), jnp.int32)
     return BfgsState(
         count=int0,
-        params=optax.tree.zeros_like(params),
-        updates=optax.tree.zeros_like(params),
-        inv_hessian=jnp.eye(n, dtype=dtype),
+        params=placed_zeros(params),
+        updates=placed_zeros(params),
+        inv_hessian=_placed_identity(params, dtype),
         num_updates=int0,
         grad_inv_hessian_grad=jnp.zeros((), dtype),
         radius=jnp.ones((), dtype),
@@ -474,6 +480,21 @@ def _init(config: _Config, params: optax.Params) -> BfgsState:
         bfgs_info=BfgsInfo(int0, int0, int0),
         linesearch_state=ls_state,
     )
+
+
+def _placed_identity(params: Any, dtype: jnp.dtype) -> jax.Array:
+    """The ``n x n`` identity, its rows placed like the flattened parameters.
+
+    ``jnp.eye`` alone does not depend on any input, so under ``jit`` it is
+    replicated on every device, and moved at the first step to the layout the
+    loop gives ``H`` (rows like ``H @ y``, like the flattened vector). Built
+    from the vector (see :func:`nnxopt._memory.placed_zeros`), its rows are
+    sharded like it from ``init`` on when the vector is sharded (one sharded
+    parameter), the columns replicated; it is replicated otherwise.
+    """
+    flat = ravel_pytree(params)[0].astype(dtype)
+    n = flat.shape[0]
+    return placed_zeros(flat, (n,)).T + jnp.eye(n, dtype=dtype)
 
 
 def _update(

@@ -16,8 +16,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.custom_derivatives import SymbolicZero
 
-from ._tree import combine, partition
+from ._tree import combine, describe, partition
 
 PyTree = Any
 _CALL = "nnxopt.chunked"
@@ -47,14 +48,20 @@ def chunked(
     over chunks ``X_c`` of ``chunk_size`` examples (``lax.scan``; when
     ``chunk_size`` does not divide ``N``, the last ``N mod chunk_size``
     examples form one smaller chunk evaluated after the scan: exact, no
-    padding, one more trace of ``loss_fn``). Its gradient is a
-    ``jax.custom_vjp``: the forward pass of a differentiated call accumulates
-    each chunk's value *and* gradient in the same scan and keeps only the
-    summed gradient (``n`` numbers), so peak memory is that of one chunk plus
-    the parameters, not that of ``N`` examples (plain reverse mode through a
-    scan would store every chunk's activations). A value-only call (what a
-    line search's trial evaluations make through ``value_fn``) runs the
-    cheaper forward scan alone.
+    padding, one more trace of ``loss_fn``). Its derivative is a
+    ``jax.custom_jvp``: a differentiated call accumulates each chunk's value
+    *and* gradient in the same scan and keeps only the summed gradient
+    (``n`` numbers); the tangent is its inner product with the parameters'
+    tangent. Peak memory is that of one chunk plus the parameters, not that
+    of ``N`` examples (plain reverse mode through a scan would store every
+    chunk's activations), in reverse mode (``jax.grad``) and forward mode
+    (``jax.jvp``, ``jax.jacfwd``) alike, and derivatives of any order
+    compose (``jax.hessian``; the implicit derivative of a solve, see
+    :class:`nnxopt.ImplicitDiff`). A value-only call (what a line search's
+    trial evaluations make through ``value_fn``) runs the cheaper forward
+    scan alone. Derivatives with respect to the other arguments work too:
+    an argument passed whole (a hyperparameter) gets its gradient summed over
+    the chunks, a batched one its chunks' gradients (as large as the data).
 
     Why a wrapper of the loss rather than a ``chunks=`` option of ``solve``:
     only the loss knows which arguments are examples and whether it is a mean
@@ -67,7 +74,11 @@ def chunked(
     belong outside: ``lambda p, X, y: chunked_loss(p, X, y) + lam * l2(p)``.
     ``params`` may be a pytree or an NNX module (as ``minimize`` passes it);
     a module's state must not be written by ``loss_fn`` (writes, e.g.
-    BatchNorm statistics in training mode, are discarded).
+    BatchNorm statistics in training mode, are discarded). ``loss_fn`` returns
+    the loss alone: auxiliary outputs (``(loss, aux)``, ``has_aux=True``) are
+    refused, since one chunk's aux says nothing of the whole data set and
+    cannot in general be summed or averaged like the loss; compute aux on the
+    full data after the solve (``aux_fn(sol.params, X, y)``).
 
     Args:
         loss_fn: ``loss_fn(params, *args, **kwargs)`` returning a real scalar:
@@ -85,11 +96,11 @@ def chunked(
 
     Raises:
         TypeError: ``loss_fn`` not callable, ``chunk_size`` not an int, or (when
-            called) a batched argument without array leaves.
+            called) a batched argument without array leaves, or ``loss_fn``
+            returning a tuple (``(loss, aux)``) or a non-scalar.
         ValueError: ``chunk_size < 1``, an unknown ``reduction``, out-of-range
             ``batch_argnums``, or (when called) batched leaves with different
-            leading sizes, an empty batch, or a differentiation with respect
-            to the data.
+            leading sizes or an empty batch.
 
     Example:
         >>> import jax, jax.numpy as jnp, nnxopt
@@ -102,6 +113,10 @@ def chunked(
         >>> bool(jnp.allclose(loss(w, X, y), mse(w, X, y)))
         True
         >>> bool(jnp.allclose(jax.grad(loss)(w, X, y), jax.grad(mse)(w, X, y)))
+        True
+        >>> t = jnp.array([1.0, 0.0])   # forward mode: the same derivative
+        >>> d, d0 = (jax.jvp(lambda w: f(w, X, y), (w,), (t,))[1] for f in (loss, mse))
+        >>> bool(jnp.allclose(d, d0))
         True
         >>> sol = nnxopt.solve(loss, jnp.zeros(2), X, y)
         >>> print(jnp.round(sol.params, 4))
@@ -137,12 +152,28 @@ def chunked(
             for i, x in zip(batched, chunk, strict=True):
                 full[i] = x
             p = tree if graphdef is None else nnx.merge(graphdef, tree)
-            return jnp.asarray(loss_fn(p, *full, **kwargs))
+            return _scalar(loss_fn(p, *full, **kwargs))
 
         run = _Chunks(chunk_loss, n, chunk_size, reduction)
-        return _with_vjp(run)(tree, data, dynamic)
+        return _with_jvp(run)(tree, data, dynamic)
 
     return full_batch
+
+
+def _scalar(out: Any) -> jax.Array:
+    """``loss_fn``'s output, refused (trace time) if it is ``(loss, aux)``."""
+    if isinstance(out, tuple | list):
+        raise TypeError(
+            f"{_CALL}: loss_fn returned a {type(out).__name__} {describe(out)} "
+            "(shapes of one chunk); it "
+            "must return the loss alone. Auxiliary outputs (has_aux) are not "
+            "supported: an aux of one chunk says nothing of the whole data set "
+            "and cannot in general be summed or averaged like the loss. Return "
+            "the loss only (e.g. `lambda p, *a: loss_fn(p, *a)[0]`) and compute "
+            "aux on the full data outside the solve, e.g. "
+            "`aux_fn(sol.params, X, y)`."
+        )
+    return jnp.asarray(out)
 
 
 def _argnums(batch_argnums: int | Sequence[int] | None) -> tuple[int, ...] | None:
@@ -245,34 +276,47 @@ class _Chunks:
             total = total + jnp.asarray(self.weight(self.tail), v.dtype) * v
         return total
 
-    def value_and_grad(
-        self, tree: PyTree, data: list, dynamic: list
-    ) -> tuple[jax.Array, PyTree]:
+    def value_and_grad(self, primals: tuple, wrt: tuple) -> tuple[jax.Array, tuple]:
+        """The value and its gradient with respect to the leaves of ``primals
+        = (tree, data, dynamic)`` flagged in ``wrt`` (a tuple of bool lists,
+        one per leaf, the leaves' order), accumulated in one scan: a chunk's
+        data leaves get their chunk's gradient (stacked), the others the sum
+        over chunks. Returns the value and the gradients, flagged leaves only.
+        """
+        tree, data, dynamic = primals
         chunks, tail = self.split(data)
-        mask = [_differentiable(x) for x in jax.tree.leaves(tree)]
 
-        def vg(chunk: list, w: float) -> tuple[jax.Array, list]:
-            def f(diff: list) -> jax.Array:
-                return self.chunk_loss(_merge(tree, diff, mask), chunk, dynamic)
+        def vg(chunk: list, w: float) -> tuple[jax.Array, list, list]:
+            def f(diff: list, chunk_diff: list) -> jax.Array:
+                t = _merge(tree, diff[0], wrt[0])
+                dyn = _merge(dynamic, diff[1], wrt[2])
+                return self.chunk_loss(t, _merge(chunk, chunk_diff, wrt[1]), dyn)
 
-            v, g = jax.value_and_grad(f)(_diff_leaves(tree, mask))
-            return jnp.asarray(w, v.dtype) * v, [jnp.asarray(w, x.dtype) * x for x in g]
+            diff = [_pick(tree, wrt[0]), _pick(dynamic, wrt[2])]
+            v, (g, gc) = jax.value_and_grad(f, (0, 1))(diff, _pick(chunk, wrt[1]))
+            scale = functools.partial(_scaled, w)
+            return scale(v), jax.tree.map(scale, g), jax.tree.map(scale, gc)
 
         w = self.weight(self.size)
 
-        def body(carry: tuple, chunk: list) -> tuple[tuple, None]:
-            v, g = vg(chunk, w)
+        def body(carry: tuple, chunk: list) -> tuple[tuple, list]:
+            v, g, gc = vg(chunk, w)
             total, grad = carry
-            return (total + v, [a + b for a, b in zip(grad, g, strict=True)]), None
+            return (total + v, jax.tree.map(jnp.add, grad, g)), gc
 
-        zeros = [jnp.zeros_like(x) for x in _diff_leaves(tree, mask)]
+        zeros = jax.tree.map(
+            jnp.zeros_like, [_pick(tree, wrt[0]), _pick(dynamic, wrt[2])]
+        )
         carry = (self._zero_value(tree, chunks, dynamic), zeros)
-        (total, grad), _ = jax.lax.scan(body, carry, chunks)
+        (total, grad), gc = jax.lax.scan(body, carry, chunks)
+        # a data leaf's gradient: (k, c, ...) chunks back to (k c, ...) examples
+        gc = [jnp.reshape(x, (-1, *x.shape[2:])) for x in gc]
         if tail is not None:
-            v, g = vg(tail, self.weight(self.tail))
+            v, g, gc_tail = vg(tail, self.weight(self.tail))
             total = total + v
-            grad = [a + b for a, b in zip(grad, g, strict=True)]
-        return total, grad
+            grad = jax.tree.map(jnp.add, grad, g)
+            gc = [jnp.concatenate(xs) for xs in zip(gc, gc_tail, strict=True)]
+        return total, (grad[0], gc, grad[1])
 
     def _zero_value(self, tree: PyTree, chunks: list, dynamic: list) -> jax.Array:
         one = jax.tree.map(lambda x: x[0], chunks)
@@ -289,7 +333,11 @@ def _differentiable(x: Any) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
 
 
-def _diff_leaves(tree: PyTree, mask: list[bool]) -> list:
+def _scaled(w: float, x: jax.Array) -> jax.Array:
+    return jnp.asarray(w, x.dtype) * x
+
+
+def _pick(tree: PyTree, mask: list[bool]) -> list:
     return [x for x, m in zip(jax.tree.leaves(tree), mask, strict=True) if m]
 
 
@@ -301,38 +349,42 @@ def _merge(tree: PyTree, diff: list, mask: list[bool]) -> PyTree:
     )
 
 
-def _with_vjp(run: _Chunks) -> Callable[..., jax.Array]:
-    """``run.value`` with a gradient from ``run.value_and_grad`` (params only)."""
+def _with_jvp(run: _Chunks) -> Callable[..., jax.Array]:
+    """``run.value`` with a ``custom_jvp`` whose tangent is ``<grad, tangent>``.
 
-    @jax.custom_vjp
+    The rule computes the value and the gradient with respect to the inputs
+    that have a tangent in one scan (:meth:`_Chunks.value_and_grad`, a
+    reverse pass per chunk) and returns ``sum_i <g_i, t_i>``: linear in the
+    tangents with the gradients as its only residuals. Forward mode
+    (``jax.jvp``, ``jax.jacfwd``) evaluates it directly; reverse mode
+    (``jax.grad``) transposes it into ``ct * g``. Either way peak memory is
+    that of one chunk, and derivatives of any order compose (the rule is
+    plain JAX). A value-only call runs ``run.value`` alone.
+    """
+
+    @jax.custom_jvp
     def value(tree: PyTree, data: list, dynamic: list) -> jax.Array:
         return run.value(tree, data, dynamic)
 
-    def fwd(tree: Any, data: Any, dynamic: Any) -> tuple[jax.Array, tuple]:
-        perturbed = [
-            x.perturbed
-            for x in jax.tree.leaves((data, dynamic))
-            if _differentiable(x.value)
-        ]
-        if any(perturbed):
-            raise ValueError(
-                f"{_CALL}: differentiating with respect to the data arguments is "
-                "not supported (the chunked gradient is taken with respect to "
-                "params only); differentiate the unchunked loss for that."
-            )
-        tree, data, dynamic = jax.tree.map(lambda x: x.value, (tree, data, dynamic))
-        total, grad = run.value_and_grad(tree, data, dynamic)
-        return total, (grad, tree)
+    def rule(primals: tuple, tangents: tuple) -> tuple[jax.Array, jax.Array]:
+        t_leaves = [jax.tree.leaves(t, is_leaf=_is_zero) for t in tangents]
+        wrt = tuple(
+            [
+                _differentiable(x) and not _is_zero(t)
+                for x, t in zip(jax.tree.leaves(p), ts, strict=True)
+            ]
+            for p, ts in zip(primals, t_leaves, strict=True)
+        )
+        total, grads = run.value_and_grad(primals, wrt)
+        tangent = jnp.zeros((), total.dtype)
+        for g, ts, m in zip(grads, t_leaves, wrt, strict=True):
+            for gi, ti in zip(g, _pick(ts, m), strict=True):
+                tangent = tangent + jnp.sum(gi * ti).astype(total.dtype)
+        return total, tangent
 
-    def bwd(res: tuple, ct: jax.Array) -> tuple:
-        grad, tree = res
-        it = iter(grad)
-        leaves, treedef = jax.tree.flatten(tree)
-        cts = [
-            jnp.asarray(ct, x.dtype) * next(it) if _differentiable(x) else None
-            for x in leaves
-        ]
-        return jax.tree.unflatten(treedef, cts), None, None
-
-    value.defvjp(fwd, bwd, symbolic_zeros=True)
+    value.defjvp(rule, symbolic_zeros=True)
     return value
+
+
+def _is_zero(t: Any) -> bool:
+    return isinstance(t, SymbolicZero)

@@ -35,7 +35,7 @@ from jax.flatten_util import ravel_pytree
 
 from . import _bounds
 from . import _quasi_newton as qn
-from ._memory import push
+from ._memory import placed_zeros, push
 from .linesearch import _common
 from .linesearch.more_thuente import MoreThuenteState, _search
 
@@ -76,7 +76,8 @@ class LbfgsbState(NamedTuple):
         params: the last iterate (anchor of the next curvature pair).
         updates: the gradient at ``params``.
         s_memory: stacked ``s_i``, shape ``(memory_size, n)`` over the raveled
-            parameters; ``y_memory`` likewise for ``y_i``.
+            parameters, placed like the raveled parameters from ``init`` on
+            (the memory axis replicated); ``y_memory`` likewise for ``y_i``.
         memory_idx: slot the next pair is written to (``int32``).
         num_pairs: number of stored pairs (``int32``).
         num_active: parameters at a bound at ``params`` (``int32``). Its presence
@@ -340,13 +341,15 @@ class _Config(NamedTuple):
 def _init(config: _Config, params: optax.Params) -> LbfgsbState:
     m = config.memory_size
     flat, _ = ravel_pytree(params)
-    zeros = jnp.zeros((m, flat.shape[0]), flat.dtype)
+    # (m, n) zeros placed like the raveled parameters (the memory axis
+    # replicated), not on one device: see placed_zeros.
+    zeros = placed_zeros(flat, (m,))
     int0 = jnp.zeros((), _INT)
     ls = MoreThuenteState(**_common.init_fields(params))
     return LbfgsbState(
         count=int0,
-        params=optax.tree.zeros_like(params),
-        updates=optax.tree.zeros_like(params),
+        params=placed_zeros(params),
+        updates=placed_zeros(params),
         s_memory=zeros,
         y_memory=zeros,
         memory_idx=int0,
