@@ -154,11 +154,11 @@ def _next_trial(
     xtol: float,
     stpmin: jax.Array,
     stpmax: jax.Array,
-) -> tuple:
+) -> tuple[_Carry, jax.Array]:
     """dcsrch's interval update and safeguards after a finite trial.
 
-    Returns ``(stp, stx, fx, gx, sty, fy, gy, stmin, stmax, width, width1,
-    brackt)`` of the next carry and ``stuck`` (nothing new to try).
+    Returns the carry with the new interval and next trial (``stage2`` and
+    ``track`` are the caller's to set) and ``stuck`` (nothing new to try).
     """
     # Stage 1 works on psi(a) = phi(a) - phi(0) - ftol*a*phi'(0) until
     # a step with psi <= 0 and phi' >= 0 is found.
@@ -196,8 +196,11 @@ def _next_trial(
     stuck = brackt & (
         (nstp <= stmin) | (nstp >= stmax) | (stmax - stmin <= xtol * stmax)
     )
-    fields = (nstp, stx, fx, gx, sty, fy, gy, stmin, stmax, width, width1, brackt)
-    return fields, stuck
+    moved = c._replace(
+        stp=nstp, stx=stx, fx=fx, gx=gx, sty=sty, fy=fy, gy=gy, stmin=stmin,
+        stmax=stmax, width=width, width1=width1, brackt=brackt,
+    )  # fmt: skip
+    return moved, stuck
 
 
 def _retreat(c: _Carry, p: _common.Point, xtol: float) -> _Carry:
@@ -225,6 +228,8 @@ def _step(
     """One evaluation of dcsrch: test the trial for convergence or a
     warning, then take the next trial from the updated interval."""
     finit, ginit = prob.start.value, prob.start.slope
+    xtol = cfg.xtol
+    assert xtol is not None  # more_thuente always has stepsize_precision
     stp = c.stp
     p = prob.evaluate(stp)
     f, g = p.value, p.slope
@@ -233,7 +238,7 @@ def _step(
     ftest = finit + stp * gtest
     stage2 = c.stage2 | ((f <= ftest) & (g >= 0))
     warn_round = c.brackt & ((stp <= c.stmin) | (stp >= c.stmax))
-    warn_xtol = c.brackt & (c.stmax - c.stmin <= cfg.xtol * c.stmax)
+    warn_xtol = c.brackt & (c.stmax - c.stmin <= xtol * c.stmax)
     at_max = (stp == stpmax) & (f <= ftest) & (g <= gtest)
     conv = (f <= ftest) & (jnp.abs(g) <= cfg.curv_rtol * -ginit)
     # At max_learning_rate with sufficient decrease and a still negative
@@ -241,14 +246,11 @@ def _step(
     converged = finite & (conv | at_max)
     warned = finite & ~converged & (warn_round | warn_xtol)
 
-    fields, stuck = _next_trial(
-        c, stp, f, g, ftest, stage2, gtest, cfg.xtol, stpmin, stpmax
+    moved, stuck = _next_trial(c, stp, f, g, ftest, stage2, gtest, xtol, stpmin, stpmax)
+    updated = moved._replace(
+        stage2=stage2, track=_common.advance(c.track, p, converged, warned | stuck)
     )
-    updated = _Carry(
-        *fields, stage2, c.bad,
-        _common.advance(c.track, p, converged, warned | stuck),
-    )  # fmt: skip
-    return _common.select(finite, updated, _retreat(c, p, cfg.xtol))
+    return _common.select(finite, updated, _retreat(c, p, xtol))
 
 
 def _search(prob: Problem, cfg: _settings.Settings) -> Outcome:
