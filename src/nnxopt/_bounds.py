@@ -21,7 +21,7 @@ from ._protocol import find_fields
 PyTree = Any
 
 #: The private keyword that carries the bounds from ``solve``/``minimize`` into
-#: the compiled solve (``_solve._Parts`` pops it before calling ``fun``).
+#: the compiled solve (``_runner._Parts`` pops it before calling ``fun``).
 KEY = "__nnxopt_bounds__"
 
 #: The state field that declares a transform honours ``bounds=`` (see

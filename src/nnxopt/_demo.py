@@ -77,8 +77,8 @@ def _solver_list(text: str) -> list[str]:
     return names
 
 
-def run(argv: list[str] | None = None) -> dict[str, Any]:
-    """Run the demo with command-line ``argv``; return the table rows."""
+def _parser() -> argparse.ArgumentParser:
+    """The command line of ``nnxopt demo``."""
     parser = argparse.ArgumentParser(
         prog="nnxopt demo",
         description=(
@@ -104,7 +104,12 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default="nnxopt_demo.png", help="plot path")
     parser.add_argument("--no-plot", action="store_true", help="skip the plot")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    """Run the demo with command-line ``argv``; return the table rows."""
+    args = _parser().parse_args(argv)
 
     if args.float64:
         jax.config.update("jax_enable_x64", True)
@@ -121,40 +126,9 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         f"1-D Poisson PINN, exact u = sin(pi x): {_num_params(model)} parameters, "
         f"{points} collocation points, {jnp.dtype(dtype).name}"
     )
-    errors: list[float] = []
-    handoff: list[Any] = []
-
-    def between(m: Any, _: MinimizeResult) -> None:
-        errors.append(relative_l2_error(m, dtype))
-        handoff.append(nnx.clone(m))  # the start of every other --solver
-
-    first, *others = args.solver
-    out = adam_then_lbfgs(
-        pinn_loss,
-        model,
-        xs,
-        xb,
-        adam=optax.adam(1e-2),
-        adam_steps=adam_steps,
-        tx=_SOLVERS[first][1](),
-        maxiter=lbfgs_steps,
-        progress=progress,
-        between=between,
+    phases, errors = _train(
+        args.solver, model, (xs, xb), dtype, adam_steps, lbfgs_steps, progress
     )
-    errors.append(relative_l2_error(model, dtype))
-    phases = [
-        ("adam(1e-2)", out.adam, out.adam_seconds),
-        (_SOLVERS[first][0], out.lbfgs, out.lbfgs_seconds),
-    ]
-    for name in others:
-        member = nnx.clone(handoff[0])
-        start = time.perf_counter()
-        result = minimize(
-            pinn_loss, member, xs, xb, tx=_SOLVERS[name][1](),
-            maxiter=lbfgs_steps, progress=progress,
-        )  # fmt: skip
-        phases.append((_SOLVERS[name][0], result, time.perf_counter() - start))
-        errors.append(relative_l2_error(member, dtype))
     rows: list[dict[str, Any]] = []
     for (phase, result, seconds), error in zip(phases, errors):
         rows.append(
@@ -175,6 +149,54 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         if path:
             print(f"convergence plot: {path}")
     return {"rows": rows}
+
+
+def _train(
+    solvers: list[str],
+    model: PINN,
+    data: tuple[jax.Array, jax.Array],
+    dtype: Any,
+    adam_steps: int,
+    lbfgs_steps: int,
+    progress: bool,
+) -> tuple[list[tuple[str, MinimizeResult, float]], list[float]]:
+    """Adam, then the first of ``solvers`` on ``model``; every other solver
+    from a copy of the point Adam reached. Returns the phases ``(label,
+    result, seconds)`` and the relative L2 error after each."""
+    errors: list[float] = []
+    handoff: list[Any] = []
+
+    def between(m: Any, _: MinimizeResult) -> None:
+        errors.append(relative_l2_error(m, dtype))
+        handoff.append(nnx.clone(m))  # the start of every other --solver
+
+    first, *others = solvers
+    out = adam_then_lbfgs(
+        pinn_loss,
+        model,
+        *data,
+        adam=optax.adam(1e-2),
+        adam_steps=adam_steps,
+        tx=_SOLVERS[first][1](),
+        maxiter=lbfgs_steps,
+        progress=progress,
+        between=between,
+    )
+    errors.append(relative_l2_error(model, dtype))
+    phases = [
+        ("adam(1e-2)", out.adam, out.adam_seconds),
+        (_SOLVERS[first][0], out.lbfgs, out.lbfgs_seconds),
+    ]
+    for name in others:
+        member = nnx.clone(handoff[0])
+        start = time.perf_counter()
+        result = minimize(
+            pinn_loss, member, *data, tx=_SOLVERS[name][1](),
+            maxiter=lbfgs_steps, progress=progress,
+        )  # fmt: skip
+        phases.append((_SOLVERS[name][0], result, time.perf_counter() - start))
+        errors.append(relative_l2_error(member, dtype))
+    return phases, errors
 
 
 def _num_params(model: Any) -> int:

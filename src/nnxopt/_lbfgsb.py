@@ -37,6 +37,7 @@ from . import _bounds
 from . import _quasi_newton as qn
 from ._memory import placed_zeros, push
 from .linesearch import _common
+from .linesearch._settings import check_settings
 from .linesearch.more_thuente import MoreThuenteState, _search
 
 __all__ = ["LbfgsbInfo", "LbfgsbState", "lbfgsb"]
@@ -249,7 +250,7 @@ def boxed(value_fn: Callable[..., Any], bounds: tuple) -> Callable[..., Any]:
 
 
 def _settings(slope_rtol: Any, curv_rtol: Any, max_linesearch_steps: Any) -> Any:
-    return _common.check_settings(
+    return check_settings(
         _CALL, slope_rtol, curv_rtol, max_linesearch_steps, None, 0.1, 1.0, False
     )
 
@@ -335,7 +336,7 @@ class _Config(NamedTuple):
 
     memory_size: int
     bounds: tuple[Any, Any] | None
-    search: Any  # _common.Settings
+    search: Any  # _settings.Settings
 
 
 def _init(config: _Config, params: optax.Params) -> LbfgsbState:

@@ -24,7 +24,8 @@ from flax import nnx
 from . import _bounds
 from ._loop import MinimizeHistory, MinimizeInfo
 from ._objective import Objective, PyTree, split_model
-from ._solve import compiled_run, launch
+from ._runner import compiled_run
+from ._solve import launch
 from ._solver import DEFAULT_TOLS, Solver, SolverState, default_tols
 from ._status import Status
 from ._tree import partition

@@ -1,5 +1,6 @@
-"""Shared machinery of the line searches: state fields, argument checks, the
-descent check with its negative-gradient fallback, and evaluation of trial points.
+"""Shared machinery of the line searches: state fields, the descent check with
+its negative-gradient fallback, and evaluation of trial points (the argument
+checks are in ``_settings``).
 
 Every search is a one-dimensional search over the step ``alpha`` along a
 direction ``d``: ``phi(alpha) = f(params + alpha * d)``. The module-level
@@ -9,8 +10,6 @@ each algorithm file only holds its own loop.
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -20,6 +19,7 @@ import optax
 
 from .._memory import placed_zeros
 from .._status import SearchStatus
+from ._settings import Settings
 
 _INT = jnp.int32
 #: A failed search is ``AT_ROUNDOFF`` when the first-order change the slope
@@ -125,167 +125,6 @@ class Outcome(NamedTuple):
     num_steps: jax.Array
     num_value_evals: jax.Array
     num_grad_evals: jax.Array
-
-
-# --------------------------------------------------------------------------
-# Argument checks (construction time, never inside jit).
-
-
-def check_bool(call: str, name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(
-            f"{call}: `{name}` must be a bool, got {value!r} of type "
-            f"{type(value).__name__}. Pass True or False."
-        )
-
-
-def check_int(call: str, name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(
-            f"{call}: `{name}` must be a Python int, got {value!r} of type "
-            f"{type(value).__name__}. Pass an int such as {max(minimum, 20)}."
-        )
-    if value < minimum:
-        raise ValueError(
-            f"{call}: `{name}` must be >= {minimum}, got {value!r}. "
-            f"Pass an int of at least {minimum}."
-        )
-
-
-def check_float(
-    call: str,
-    name: str,
-    value: Any,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = True,
-    high_open: bool = True,
-    hint: str = "",
-) -> float:
-    """Check that ``value`` is a real number in the given interval; return it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(
-            f"{call}: `{name}` must be a Python float, got {value!r} of type "
-            f"{type(value).__name__}. {hint}".rstrip()
-        )
-    value = float(value)
-    bad = not math.isfinite(value)
-    if low is not None:
-        bad |= value <= low if low_open else value < low
-    if high is not None:
-        bad |= value >= high if high_open else value > high
-    if bad:
-        lo = "(" if low_open else "["
-        hi = ")" if high_open else "]"
-        interval = f"{lo}{'-inf' if low is None else low}, {'inf' if high is None else high}{hi}"
-        raise ValueError(
-            f"{call}: `{name}` must be a finite float in {interval}, got "
-            f"{value!r}. {hint}".rstrip()
-        )
-    return value
-
-
-def check_rtols(
-    call: str,
-    slope_rtol: Any,
-    curv_rtol: Any,
-    *,
-    slope_high: float = 1.0,
-    typical: tuple[float, float] = (1e-4, 0.9),
-) -> tuple[float, float]:
-    """Check ``0 < slope_rtol <= curv_rtol < 1`` (the Wolfe constants).
-
-    Equality is allowed: Moré and Thuente test with ``mu == eta``.
-    ``slope_high`` is a tighter upper bound on ``slope_rtol`` (Hager–Zhang's
-    ``delta < 0.5``).
-    """
-    c1 = check_float(
-        call, "slope_rtol", slope_rtol, low=0.0, high=slope_high,
-        hint=f"Typical: {typical[0]}.",
-    )  # fmt: skip
-    c2 = check_float(
-        call, "curv_rtol", curv_rtol, low=0.0, high=1.0,
-        hint=f"Typical: {typical[1]}.",
-    )  # fmt: skip
-    if not c1 <= c2:
-        raise ValueError(
-            f"{call}: `slope_rtol` must not exceed `curv_rtol` (otherwise "
-            f"no step may satisfy both Wolfe conditions), got slope_rtol="
-            f"{slope_rtol!r} and curv_rtol={curv_rtol!r}. Typical: slope_rtol="
-            f"{typical[0]}, curv_rtol={typical[1]}."
-        )
-    return c1, c2
-
-
-def check_max_learning_rate(call: str, value: Any) -> float:
-    """Check ``max_learning_rate`` (None means no upper bound); return a float."""
-    if value is None:
-        return math.inf
-    return check_float(
-        call,
-        "max_learning_rate",
-        value,
-        low=0.0,
-        hint="Pass a positive float, or None for no bound.",
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """The checked arguments every search takes (``curv_rtol`` and ``xtol`` are
-    None for ``backtracking``, which has neither)."""
-
-    slope_rtol: float
-    curv_rtol: float | None
-    max_steps: int
-    max_learning_rate: float
-    xtol: float | None
-    initial_step: float
-    has_aux: bool
-
-
-def check_settings(
-    call: str,
-    slope_rtol: Any,
-    curv_rtol: Any,
-    max_linesearch_steps: Any,
-    max_learning_rate: Any,
-    stepsize_precision: Any,
-    initial_step: Any,
-    has_aux: Any,
-    *,
-    slope_high: float = 1.0,
-    typical: tuple[float, float] = (1e-4, 0.9),
-) -> Settings:
-    """Check the common arguments of a search (construction time).
-
-    ``curv_rtol=None`` (``backtracking``) checks ``slope_rtol`` alone;
-    ``stepsize_precision=None`` means the search has no interval tolerance.
-    """
-    if curv_rtol is None:
-        c1 = check_float(
-            call, "slope_rtol", slope_rtol, low=0.0, high=slope_high,
-            hint=f"Typical: {typical[0]}.",
-        )  # fmt: skip
-        c2 = None
-    else:
-        c1, c2 = check_rtols(
-            call, slope_rtol, curv_rtol, slope_high=slope_high, typical=typical
-        )
-    check_int(call, "max_linesearch_steps", max_linesearch_steps, 1)
-    amax = check_max_learning_rate(call, max_learning_rate)
-    xtol = None
-    if stepsize_precision is not None:
-        xtol = check_float(
-            call, "stepsize_precision", stepsize_precision, low=0.0,
-            low_open=False, hint="Typical: 1e-10.",
-        )  # fmt: skip
-    step0 = check_float(
-        call, "initial_step", initial_step, low=0.0, hint="Typical: 1.0."
-    )
-    check_bool(call, "has_aux", has_aux)
-    return Settings(c1, c2, max_linesearch_steps, amax, xtol, step0, has_aux)
 
 
 # --------------------------------------------------------------------------
@@ -446,6 +285,153 @@ def missing_args_error(call: str, value: Any, grad: Any, value_fn: Any) -> None:
         )
 
 
+def _descent_direction(
+    grad: Any, updates: Any, dtype: jnp.dtype
+) -> tuple[Any, jax.Array, jax.Array]:
+    """Return ``(direction, slope, not_descent)``: ``updates`` if it descends,
+    else the negative gradient scaled to its length (a usable search either
+    way: the caller's direction may point uphill or hold nan)."""
+    slope = _vdot(grad, updates, dtype)
+    gnorm2 = _vdot(grad, grad, dtype)
+    # `slope < 0` is False for nan as well: both fall back.
+    not_descent = ~(slope < 0)
+    # The fallback keeps the length of the direction the caller gave (its
+    # scale is the caller's best guess of a good step), when it has one.
+    dnorm = jnp.sqrt(_vdot(updates, updates, dtype))
+    gnorm = jnp.sqrt(gnorm2)
+    usable = jnp.isfinite(dnorm) & (dnorm > 0) & (gnorm > 0)
+    scale = jnp.where(usable, dnorm / jnp.where(usable, gnorm, 1), 1)
+    direction = jax.tree.map(
+        lambda u, g: jnp.where(not_descent, -scale * g, u).astype(u.dtype),
+        updates,
+        grad,
+    )
+    slope = jnp.where(not_descent, -scale * gnorm2, slope)
+    return direction, slope, not_descent
+
+
+def _evaluators(
+    params: Any,
+    direction: Any,
+    value_fn: Callable[..., Any],
+    has_aux: bool,
+    dtype: jnp.dtype,
+) -> tuple[Callable[[jax.Array], Point], Callable[[jax.Array], tuple]]:
+    """Return ``(evaluate, evaluate_value)`` of :class:`Problem` along
+    ``direction``: the algorithms see only the step ``alpha``."""
+
+    def point_at(alpha: jax.Array) -> Any:
+        return jax.tree.map(
+            lambda p, d: (p + alpha.astype(p.dtype) * d).astype(p.dtype),
+            params,
+            direction,
+        )
+
+    def evaluate(alpha: jax.Array) -> Point:
+        x = point_at(alpha)
+        if has_aux:
+            (v, a), g = jax.value_and_grad(value_fn, has_aux=True)(x)
+        else:
+            v, g = jax.value_and_grad(value_fn)(x)
+            a = None
+        v = jnp.asarray(v, dtype)
+        return Point(alpha, v, _vdot(g, direction, dtype), g, a)
+
+    def evaluate_value(alpha: jax.Array) -> tuple[jax.Array, Any]:
+        out = value_fn(point_at(alpha))
+        v, a = out if has_aux else (out, None)
+        return jnp.asarray(v, dtype), a
+
+    return evaluate, evaluate_value
+
+
+def _start_aux(
+    state: Any, aux: Any, value_fn: Callable[..., Any], params: Any, has_aux: bool
+) -> Any:
+    """The aux of the start point (resolved at trace time): given, else the
+    previous state's when it has the right structure, else zeros; None
+    without ``has_aux``. The zero step returns it, so it must be well-typed."""
+    if not has_aux:
+        return None
+    shape = jax.eval_shape(value_fn, params)[1]
+    if aux is not None:
+        aux0 = aux
+    elif jax.tree.structure(state.aux) == jax.tree.structure(shape) and all(
+        jnp.shape(a) == s.shape
+        for a, s in zip(jax.tree.leaves(state.aux), jax.tree.leaves(shape))
+    ):
+        aux0 = state.aux
+    else:
+        aux0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shape)
+    return jax.tree.map(lambda a, s: jnp.asarray(a, s.dtype), aux0, shape)
+
+
+def _final_status(
+    status: jax.Array,
+    predicted: jax.Array,
+    f0: jax.Array,
+    slope: jax.Array,
+    not_descent: jax.Array,
+    dtype: jnp.dtype,
+) -> jax.Array:
+    """The status reported for the algorithm's ``status``: ``AT_ROUNDOFF``,
+    ``NOT_DESCENT`` and ``NON_FINITE`` are decided here, from the start point
+    and the first-order change ``predicted`` for the first trial step."""
+    # No decrease found, where none can be resolved: the loss's round-off.
+    eps = jnp.finfo(dtype).eps
+    flat = jnp.abs(predicted) <= ROUNDOFF_ULPS * eps * jnp.abs(f0)
+    status = jnp.where(
+        (status == SearchStatus.LINESEARCH_FAILED) & flat,
+        _INT(SearchStatus.AT_ROUNDOFF),
+        status,
+    )
+    status = jnp.where(not_descent, _INT(SearchStatus.NOT_DESCENT), status)
+    # A nan gradient or loss at the start leaves nothing to search along.
+    return jnp.where(
+        jnp.isfinite(f0) & jnp.isfinite(slope), status, _INT(SearchStatus.NON_FINITE)
+    )
+
+
+def _accepted(
+    out: Outcome,
+    direction: Any,
+    f0: jax.Array,
+    slope: jax.Array,
+    slope_rtol: float,
+    curv_rtol: float | None,
+    strong: bool,
+    dtype: jnp.dtype,
+) -> tuple[Any, jax.Array, LineSearchInfo]:
+    """Return ``(updates, learning_rate, info)`` of the accepted step: the
+    scaled direction (zero for the zero step) and how far the Wolfe
+    conditions are from holding there."""
+    p = out.point
+    alpha = jnp.where(p.alpha > 0, p.alpha, 0).astype(dtype)
+    new_updates = jax.tree.map(
+        lambda d: (alpha.astype(d.dtype) * d).astype(d.dtype), direction
+    )
+    moved = alpha > 0
+    decrease_error = jnp.where(
+        moved, jnp.maximum(p.value - f0 - slope_rtol * alpha * slope, 0), 0
+    )
+    if curv_rtol is None:
+        curvature_error = jnp.zeros((), dtype)
+    else:
+        # Strong: |phi'(a)| <= c2 |phi'(0)|; weak: phi'(a) >= c2 phi'(0).
+        excess = jnp.abs(p.slope) if strong else -p.slope
+        curvature_error = jnp.where(
+            moved, jnp.maximum(excess - curv_rtol * jnp.abs(slope), 0), 0
+        )
+    info = LineSearchInfo(
+        num_linesearch_steps=jnp.asarray(out.num_steps, _INT),
+        num_value_evals=jnp.asarray(out.num_value_evals, _INT),
+        num_grad_evals=jnp.asarray(out.num_grad_evals, _INT),
+        decrease_error=decrease_error.astype(dtype),
+        curvature_error=curvature_error.astype(dtype),
+    )
+    return new_updates, jnp.where(moved, alpha, 0).astype(dtype), info
+
+
 def run_search(
     call: str,
     algorithm: Callable[[Problem], Outcome],
@@ -470,111 +456,23 @@ def run_search(
     """
     dtype = _leaf_dtype(params)
     f0 = jnp.asarray(value, dtype)
-
-    slope = _vdot(grad, updates, dtype)
-    gnorm2 = _vdot(grad, grad, dtype)
-    # `slope < 0` is False for nan as well: both fall back.
-    not_descent = ~(slope < 0)
-    # The fallback keeps the length of the direction the caller gave (its
-    # scale is the caller's best guess of a good step), when it has one.
-    dnorm = jnp.sqrt(_vdot(updates, updates, dtype))
-    gnorm = jnp.sqrt(gnorm2)
-    usable = jnp.isfinite(dnorm) & (dnorm > 0) & (gnorm > 0)
-    scale = jnp.where(usable, dnorm / jnp.where(usable, gnorm, 1), 1)
-    direction = jax.tree.map(
-        lambda u, g: jnp.where(not_descent, -scale * g, u).astype(u.dtype),
-        updates,
-        grad,
-    )
-    slope = jnp.where(not_descent, -scale * gnorm2, slope)
+    direction, slope, not_descent = _descent_direction(grad, updates, dtype)
     can_search = jnp.isfinite(f0) & jnp.isfinite(slope) & (slope < 0)
-
-    def point_at(alpha: jax.Array) -> Any:
-        return jax.tree.map(
-            lambda p, d: (p + alpha.astype(p.dtype) * d).astype(p.dtype),
-            params,
-            direction,
-        )
-
-    def evaluate(alpha: jax.Array) -> Point:
-        x = point_at(alpha)
-        if has_aux:
-            (v, a), g = jax.value_and_grad(value_fn, has_aux=True)(x)
-        else:
-            v, g = jax.value_and_grad(value_fn)(x)
-            a = None
-        v = jnp.asarray(v, dtype)
-        return Point(alpha, v, _vdot(g, direction, dtype), g, a)
-
-    def evaluate_value(alpha: jax.Array) -> tuple[jax.Array, Any]:
-        out = value_fn(point_at(alpha))
-        v, a = out if has_aux else (out, None)
-        return jnp.asarray(v, dtype), a
-
-    # The aux of the start point: given, else the previous state's (when it
-    # has the right structure), else zeros. Resolved at trace time.
-    aux0 = None
-    if has_aux:
-        shape = jax.eval_shape(value_fn, params)[1]
-        if aux is not None:
-            aux0 = aux
-        elif jax.tree.structure(state.aux) == jax.tree.structure(shape) and all(
-            jnp.shape(a) == s.shape
-            for a, s in zip(jax.tree.leaves(state.aux), jax.tree.leaves(shape))
-        ):
-            aux0 = state.aux
-        else:
-            aux0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shape)
-        aux0 = jax.tree.map(lambda a, s: jnp.asarray(a, s.dtype), aux0, shape)
-
+    evaluate, evaluate_value = _evaluators(params, direction, value_fn, has_aux, dtype)
+    aux0 = _start_aux(state, aux, value_fn, params, has_aux)
     start = Point(jnp.zeros((), dtype), f0, slope, grad, aux0)
     alpha0 = jnp.minimum(jnp.asarray(initial_step, dtype), max_learning_rate)
     out = algorithm(Problem(start, alpha0, can_search, evaluate, evaluate_value))
-
-    p = out.point
-    status = out.status
-    # No decrease found, where none can be resolved: the loss's round-off.
-    eps = jnp.finfo(dtype).eps
-    flat = jnp.abs(alpha0 * slope) <= ROUNDOFF_ULPS * eps * jnp.abs(f0)
-    status = jnp.where(
-        (status == SearchStatus.LINESEARCH_FAILED) & flat,
-        _INT(SearchStatus.AT_ROUNDOFF),
-        status,
-    )
-    status = jnp.where(not_descent, _INT(SearchStatus.NOT_DESCENT), status)
-    # A nan gradient or loss at the start leaves nothing to search along.
-    status = jnp.where(
-        jnp.isfinite(f0) & jnp.isfinite(slope), status, _INT(SearchStatus.NON_FINITE)
-    )
-    alpha = jnp.where(p.alpha > 0, p.alpha, 0).astype(dtype)
-    new_updates = jax.tree.map(
-        lambda d: (alpha.astype(d.dtype) * d).astype(d.dtype), direction
-    )
-    moved = alpha > 0
-    decrease_error = jnp.where(
-        moved, jnp.maximum(p.value - f0 - slope_rtol * alpha * slope, 0), 0
-    )
-    if curv_rtol is None:
-        curvature_error = jnp.zeros((), dtype)
-    else:
-        # Strong: |phi'(a)| <= c2 |phi'(0)|; weak: phi'(a) >= c2 phi'(0).
-        excess = jnp.abs(p.slope) if strong else -p.slope
-        curvature_error = jnp.where(
-            moved, jnp.maximum(excess - curv_rtol * jnp.abs(slope), 0), 0
-        )
-    info = LineSearchInfo(
-        num_linesearch_steps=jnp.asarray(out.num_steps, _INT),
-        num_value_evals=jnp.asarray(out.num_value_evals, _INT),
-        num_grad_evals=jnp.asarray(out.num_grad_evals, _INT),
-        decrease_error=decrease_error.astype(dtype),
-        curvature_error=curvature_error.astype(dtype),
+    status = _final_status(out.status, alpha0 * slope, f0, slope, not_descent, dtype)
+    new_updates, learning_rate, info = _accepted(
+        out, direction, f0, slope, slope_rtol, curv_rtol, strong, dtype
     )
     fields = dict(
-        learning_rate=jnp.where(moved, alpha, 0).astype(dtype),
-        value=jnp.asarray(p.value, dtype),
-        grad=p.grad,
+        learning_rate=learning_rate,
+        value=jnp.asarray(out.point.value, dtype),
+        grad=out.point.grad,
         status=status,
-        aux=p.aux,
+        aux=out.point.aux,
         info=info,
     )
     return new_updates, fields

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from .._status import SearchStatus
-from . import _common
+from . import _common, _settings
 from ._common import Outcome, Point, Problem
 
 _CALL = "nnxopt.linesearch.backtracking"
@@ -187,11 +187,11 @@ def backtracking(
         J. Nocedal and S. J. Wright, *Numerical Optimization*, 2nd ed.,
         Springer, 2006: algorithm 3.1.
     """
-    cfg = _common.check_settings(
+    cfg = _settings.check_settings(
         _CALL, slope_rtol, None, max_linesearch_steps, max_learning_rate, None,
         initial_step, has_aux,
     )  # fmt: skip
-    factor = _common.check_float(
+    factor = _settings.check_float(
         _CALL, "decrease_factor", decrease_factor, low=0.0, high=1.0,
         hint="Typical: 0.5.",
     )  # fmt: skip

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from . import _common
-from ._common import LineSearchInfo, Outcome, Problem
+from . import _common, _settings
+from ._common import LineSearchInfo, Outcome, Point, Problem
 
 _CALL = "nnxopt.linesearch.hager_zhang"
 _INT = jnp.int32
@@ -86,13 +87,134 @@ def _secant(a, b):
     return (a[0] * b[2] - b[0] * a[2]) / (b[2] - a[2])
 
 
+def _interior(t, a, b):
+    return jnp.isfinite(t) & (t > a[0]) & (t < b[0])
+
+
+def _new_outer(a, b):
+    """Start secant² on ``[a, b]``: ``(c, mode, c_sec, width, old_a, old_b)``.
+
+    A secant step outside (a, b) would make its update a no-op, after which
+    the interval did not shrink: bisect at once instead.
+    """
+    t = _secant(a, b)
+    ok = _interior(t, a, b)
+    return (
+        jnp.where(ok, t, a[0] + 0.5 * (b[0] - a[0])),
+        jnp.where(ok, _INT(_SEC1), _INT(_MID)),
+        t,
+        b[0] - a[0],
+        a,
+        b,
+    )
+
+
+def _accepts(k: _Carry, pt: tuple, start: Point, cfg: dict, eps: jax.Array):
+    """Termination: original Wolfe (T1), approximate Wolfe (T2), or the
+    largest step allowed with sufficient decrease while bracketing."""
+    t, f, g = pt
+    f0, g0 = start.value, start.slope
+    delta, sigma, amax = cfg["delta"], cfg["sigma"], cfg["amax"]
+    curv = g >= sigma * g0
+    wolfe = (f - f0 <= delta * t * g0) & curv
+    approx = ((2.0 * delta - 1.0) * g0 >= g) & curv & (f <= f0 + eps)
+    at_max = (k.mode == _BRACKET) & (t >= amax) & (g < 0)
+    at_max &= f - f0 <= delta * t * g0
+    return wolfe | approx | at_max
+
+
+def _after_update(k: _Carry, a: tuple, b: tuple, caller: jax.Array, gamma: float):
+    """Where to go once an update finished, by who called it: secant²'s
+    second step (S2/S3), a bisection (L2), or a new secant² (L1).
+
+    Returns ``(c, mode, c_sec, width, old_a, old_b)`` for the next trial.
+    """
+    o_c, o_mode, o_sec, o_width, o_a, o_b = _new_outer(a, b)
+    # secant² steps S2/S3: if the update moved an end onto c, take a
+    # secant through the old and the new end.
+    on_b = k.c_sec == b[0]
+    on_a = k.c_sec == a[0]
+    cbar = jnp.where(
+        on_b, _secant(k.old_b, b), jnp.where(on_a, _secant(k.old_a, a), jnp.nan)
+    )
+    sec2 = (caller == _SEC1) & (on_a | on_b) & _interior(cbar, a, b)
+    # L2: bisect when secant² did not shrink the interval by gamma.
+    mid = (b[0] - a[0]) > gamma * k.width
+    after_sec = (caller == _SEC1) | (caller == _SEC2)
+    d_c = jnp.where(
+        sec2,
+        cbar,
+        jnp.where(after_sec & mid, a[0] + 0.5 * (b[0] - a[0]), o_c),
+    )
+    d_mode = jnp.where(
+        sec2, _INT(_SEC2), jnp.where(after_sec & mid, _INT(_MID), o_mode)
+    )
+    outer = ~sec2 & ~(after_sec & mid)
+    d_width = jnp.where(outer, o_width, k.width)
+    d_sec = jnp.where(outer, o_sec, k.c_sec)
+    d_old_a = jax.tree.map(lambda u, v: jnp.where(outer, u, v), o_a, k.old_a)
+    d_old_b = jax.tree.map(lambda u, v: jnp.where(outer, u, v), o_b, k.old_b)
+    return d_c, d_mode, d_sec, d_width, d_old_a, d_old_b
+
+
+def _step(prob: Problem, cfg: dict, eps: jax.Array, k: _Carry) -> _Carry:
+    """One evaluation of the state machine: test, update the interval, and
+    choose the next trial and what it is for."""
+    f0 = prob.start.value
+    p = prob.evaluate(k.c)
+    fin = _common.is_finite_point(p)
+    f, g, t = p.value, p.slope, p.alpha
+    pt = (t, f, g)
+    converged = fin & _accepts(k, pt, prob.start, cfg, eps)
+
+    # The update step (U1-U3) and the bracket step (B1-B3) share the
+    # same three outcomes.
+    rising = fin & (g >= 0)
+    low = fin & ~rising & (f <= f0 + eps)
+    # Otherwise the point is too high, or not finite: it becomes b.
+    a = jax.tree.map(lambda u, v: jnp.where(low, u, v), pt, k.a)
+    b = jax.tree.map(lambda u, v: jnp.where(low, v, u), pt, k.b)
+    finished = rising | ((k.mode != _BISECT) & (k.mode != _BRACKET) & low)
+    caller = jnp.where(k.mode == _BISECT, k.caller, k.mode)
+    bisect_c = (1.0 - cfg["theta"]) * a[0] + cfg["theta"] * b[0]
+    d_c, d_mode, d_sec, d_width, d_old_a, d_old_b = _after_update(
+        k, a, b, caller, cfg["gamma"]
+    )
+
+    # Bracket expansion (B3): the whole step was low and still descending.
+    expand = (k.mode == _BRACKET) & low
+    nc = jnp.where(
+        expand,
+        jnp.minimum(cfg["rho"] * t, cfg["amax"]),
+        jnp.where(finished, d_c, bisect_c),
+    )
+    mode = jnp.where(
+        expand,
+        _INT(_BRACKET),
+        jnp.where(finished, d_mode, _INT(_BISECT)),
+    )
+    bracketed = mode != _BRACKET
+    tiny = bracketed & (b[0] - a[0] <= cfg["xtol"] * b[0])
+    # In low precision the ends may be adjacent floats: nothing new to try.
+    tiny |= bracketed & ((nc <= a[0]) | (nc >= b[0]))
+    return _Carry(
+        c=nc,
+        mode=mode,
+        caller=jnp.where(finished | expand, k.caller, caller),
+        a=a,
+        b=b,
+        old_a=jax.tree.map(lambda u, v: jnp.where(finished, u, v), d_old_a, k.old_a),
+        old_b=jax.tree.map(lambda u, v: jnp.where(finished, u, v), d_old_b, k.old_b),
+        c_sec=jnp.where(finished, d_sec, k.c_sec),
+        width=jnp.where(finished, d_width, k.width),
+        track=_common.advance(k.track, p, converged, tiny),
+    )
+
+
 def _search(prob: Problem, cfg: dict, eps: jax.Array) -> Outcome:
     start = prob.start
-    f0, g0 = start.value, start.slope
-    delta, sigma, theta, gamma = cfg["delta"], cfg["sigma"], cfg["theta"], cfg["gamma"]
-    rho, amax, xtol = cfg["rho"], cfg["amax"], cfg["xtol"]
-    zero = jnp.zeros_like(f0)
-    s0 = (zero, f0, g0)
+    zero = jnp.zeros_like(start.value)
+    s0 = (zero, start.value, start.slope)
     init = _Carry(
         c=prob.alpha0,
         mode=_INT(_BRACKET),
@@ -105,109 +227,7 @@ def _search(prob: Problem, cfg: dict, eps: jax.Array) -> Outcome:
         width=zero,
         track=_common.start_track(prob),
     )
-
-    def interior(t, a, b):
-        return jnp.isfinite(t) & (t > a[0]) & (t < b[0])
-
-    def new_outer(a, b):
-        # Start secant² on [a, b]; a secant step outside (a, b) makes its
-        # update a no-op, after which the interval did not shrink: bisect.
-        t = _secant(a, b)
-        ok = interior(t, a, b)
-        return (
-            jnp.where(ok, t, a[0] + 0.5 * (b[0] - a[0])),
-            jnp.where(ok, _INT(_SEC1), _INT(_MID)),
-            t,
-            b[0] - a[0],
-            a,
-            b,
-        )
-
-    def body(k: _Carry) -> _Carry:
-        p = prob.evaluate(k.c)
-        fin = _common.is_finite_point(p)
-        f, g, t = p.value, p.slope, p.alpha
-        pt = (t, f, g)
-
-        # Termination: original Wolfe (T1) or approximate Wolfe (T2).
-        curv = g >= sigma * g0
-        wolfe = (f - f0 <= delta * t * g0) & curv
-        approx = ((2.0 * delta - 1.0) * g0 >= g) & curv & (f <= f0 + eps)
-        at_max = (k.mode == _BRACKET) & (t >= amax) & (g < 0)
-        at_max &= f - f0 <= delta * t * g0
-        converged = fin & (wolfe | approx | at_max)
-
-        # The update step (U1-U3) and the bracket step (B1-B3) share the
-        # same three outcomes.
-        rising = fin & (g >= 0)
-        low = fin & ~rising & (f <= f0 + eps)
-        # Otherwise the point is too high, or not finite: it becomes b.
-        a = jax.tree.map(lambda u, v: jnp.where(low, u, v), pt, k.a)
-        b = jax.tree.map(lambda u, v: jnp.where(low, v, u), pt, k.b)
-        finished = rising | ((k.mode != _BISECT) & (k.mode != _BRACKET) & low)
-        caller = jnp.where(k.mode == _BISECT, k.caller, k.mode)
-        bisect_c = (1.0 - theta) * a[0] + theta * b[0]
-
-        # After an update finished, by caller.
-        o_c, o_mode, o_sec, o_width, o_a, o_b = new_outer(a, b)
-        # secant² steps S2/S3: if the update moved an end onto c, take a
-        # secant through the old and the new end.
-        on_b = k.c_sec == b[0]
-        on_a = k.c_sec == a[0]
-        cbar = jnp.where(
-            on_b, _secant(k.old_b, b), jnp.where(on_a, _secant(k.old_a, a), jnp.nan)
-        )
-        sec2 = (caller == _SEC1) & (on_a | on_b) & interior(cbar, a, b)
-        # L2: bisect when secant² did not shrink the interval by gamma.
-        mid = (b[0] - a[0]) > gamma * k.width
-        after_sec = (caller == _SEC1) | (caller == _SEC2)
-        d_c = jnp.where(
-            sec2,
-            cbar,
-            jnp.where(after_sec & mid, a[0] + 0.5 * (b[0] - a[0]), o_c),
-        )
-        d_mode = jnp.where(
-            sec2, _INT(_SEC2), jnp.where(after_sec & mid, _INT(_MID), o_mode)
-        )
-        outer = ~sec2 & ~(after_sec & mid)
-        d_width = jnp.where(outer, o_width, k.width)
-        d_sec = jnp.where(outer, o_sec, k.c_sec)
-        d_old_a = jax.tree.map(lambda u, v: jnp.where(outer, u, v), o_a, k.old_a)
-        d_old_b = jax.tree.map(lambda u, v: jnp.where(outer, u, v), o_b, k.old_b)
-
-        # Bracket expansion (B3): the whole step was low and still descending.
-        expand = (k.mode == _BRACKET) & low
-        nc = jnp.where(
-            expand,
-            jnp.minimum(rho * t, amax),
-            jnp.where(finished, d_c, bisect_c),
-        )
-        mode = jnp.where(
-            expand,
-            _INT(_BRACKET),
-            jnp.where(finished, d_mode, _INT(_BISECT)),
-        )
-        bracketed = mode != _BRACKET
-        tiny = bracketed & (b[0] - a[0] <= xtol * b[0])
-        # In low precision the ends may be adjacent floats: nothing new to try.
-        tiny |= bracketed & ((nc <= a[0]) | (nc >= b[0]))
-        return _Carry(
-            c=nc,
-            mode=mode,
-            caller=jnp.where(finished | expand, k.caller, caller),
-            a=a,
-            b=b,
-            old_a=jax.tree.map(
-                lambda u, v: jnp.where(finished, u, v), d_old_a, k.old_a
-            ),
-            old_b=jax.tree.map(
-                lambda u, v: jnp.where(finished, u, v), d_old_b, k.old_b
-            ),
-            c_sec=jnp.where(finished, d_sec, k.c_sec),
-            width=jnp.where(finished, d_width, k.width),
-            track=_common.advance(k.track, p, converged, tiny),
-        )
-
+    body = functools.partial(_step, prob, cfg, eps)
     return _common.iterate(prob, init, body, cfg["max_steps"])
 
 
@@ -311,12 +331,12 @@ def hager_zhang(
         conjugate gradient method with guaranteed descent", ACM Trans. Math.
         Software 32(1):113-137, 2006 (the update of :math:`\epsilon_k`).
     """
-    common = _common.check_settings(
+    common = _settings.check_settings(
         _CALL, slope_rtol, curv_rtol, max_linesearch_steps, max_learning_rate,
         stepsize_precision, initial_step, has_aux, slope_high=0.5,
         typical=(0.1, 0.9),
     )  # fmt: skip
-    f = _common.check_float
+    f = _settings.check_float
     cfg = dict(
         delta=common.slope_rtol,
         sigma=common.curv_rtol,

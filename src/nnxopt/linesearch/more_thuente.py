@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from . import _common
+from . import _common, _settings
 from ._common import Outcome, Problem
 
 _CALL = "nnxopt.linesearch.more_thuente"
@@ -143,12 +143,121 @@ class _Carry(NamedTuple):
     track: _common.Track
 
 
-def _search(prob: Problem, cfg: _common.Settings) -> Outcome:
-    ftol, gtol, xtol = cfg.slope_rtol, cfg.curv_rtol, cfg.xtol
+def _next_trial(
+    c: _Carry,
+    stp: jax.Array,
+    f: jax.Array,
+    g: jax.Array,
+    ftest: jax.Array,
+    stage2: jax.Array,
+    gtest: jax.Array,
+    xtol: float,
+    stpmin: jax.Array,
+    stpmax: jax.Array,
+) -> tuple[_Carry, jax.Array]:
+    """dcsrch's interval update and safeguards after a finite trial.
+
+    Returns the carry with the new interval and next trial (``stage2`` and
+    ``track`` are the caller's to set) and ``stuck`` (nothing new to try).
+    """
+    # Stage 1 works on psi(a) = phi(a) - phi(0) - ftol*a*phi'(0) until
+    # a step with psi <= 0 and phi' >= 0 is found.
+    use_psi = ~stage2 & (f <= c.fx) & (f > ftest)
+    shift = jnp.where(use_psi, gtest, 0)
+    stx, fxm, gxm, sty, fym, gym, nstp, brackt = dcstep(
+        c.stx,
+        c.fx - c.stx * shift,
+        c.gx - shift,
+        c.sty,
+        c.fy - c.sty * shift,
+        c.gy - shift,
+        stp,
+        f - stp * shift,
+        g - shift,
+        c.brackt,
+        c.stmin,
+        c.stmax,
+    )
+    fx, fy = fxm + stx * shift, fym + sty * shift
+    gx, gy = gxm + shift, gym + shift
+
+    width, width1 = c.width, c.width1
+    bisect = brackt & (jnp.abs(sty - stx) >= _P66 * width1)
+    nstp = jnp.where(bisect, stx + _P5 * (sty - stx), nstp)
+    width1 = jnp.where(brackt, width, width1)
+    width = jnp.where(brackt, jnp.abs(sty - stx), width)
+    stmin = jnp.where(brackt, jnp.minimum(stx, sty), nstp + _XTRAPL * (nstp - stx))
+    stmax = jnp.where(brackt, jnp.maximum(stx, sty), nstp + _XTRAPU * (nstp - stx))
+    nstp = jnp.minimum(jnp.maximum(nstp, stpmin), stpmax)
+    # Never return to where the loss was not finite.
+    nstp = jnp.minimum(nstp, stx + _P5 * (c.bad - stx))
+    # dcsrch would now evaluate stx again only to stop with a warning;
+    # stop here instead (one evaluation less, same outcome).
+    stuck = brackt & (
+        (nstp <= stmin) | (nstp >= stmax) | (stmax - stmin <= xtol * stmax)
+    )
+    moved = c._replace(
+        stp=nstp, stx=stx, fx=fx, gx=gx, sty=sty, fy=fy, gy=gy, stmin=stmin,
+        stmax=stmax, width=width, width1=width1, brackt=brackt,
+    )  # fmt: skip
+    return moved, stuck
+
+
+def _retreat(c: _Carry, p: _common.Point, xtol: float) -> _Carry:
+    """After a non-finite trial: halve the step towards the best point and
+    remember it as a barrier; the interval is left as it was."""
+    stp = c.stp
+    bad = jnp.minimum(c.bad, stp)
+    shrunk = c.stx + _P5 * (stp - c.stx)
+    tiny = jnp.abs(shrunk - c.stx) <= xtol * shrunk
+    return c._replace(
+        stp=shrunk,
+        bad=bad,
+        track=_common.advance(c.track, p, jnp.asarray(False), tiny),
+    )
+
+
+def _step(
+    prob: Problem,
+    cfg: _settings.Settings,
+    gtest: jax.Array,
+    stpmin: jax.Array,
+    stpmax: jax.Array,
+    c: _Carry,
+) -> _Carry:
+    """One evaluation of dcsrch: test the trial for convergence or a
+    warning, then take the next trial from the updated interval."""
+    finit, ginit = prob.start.value, prob.start.slope
+    xtol = cfg.xtol
+    assert xtol is not None  # more_thuente always has stepsize_precision
+    stp = c.stp
+    p = prob.evaluate(stp)
+    f, g = p.value, p.slope
+    finite = _common.is_finite_point(p)
+
+    ftest = finit + stp * gtest
+    stage2 = c.stage2 | ((f <= ftest) & (g >= 0))
+    warn_round = c.brackt & ((stp <= c.stmin) | (stp >= c.stmax))
+    warn_xtol = c.brackt & (c.stmax - c.stmin <= xtol * c.stmax)
+    at_max = (stp == stpmax) & (f <= ftest) & (g <= gtest)
+    conv = (f <= ftest) & (jnp.abs(g) <= cfg.curv_rtol * -ginit)
+    # At max_learning_rate with sufficient decrease and a still negative
+    # slope, no larger step is allowed: accept it, as dcsrch does.
+    converged = finite & (conv | at_max)
+    warned = finite & ~converged & (warn_round | warn_xtol)
+
+    moved, stuck = _next_trial(c, stp, f, g, ftest, stage2, gtest, xtol, stpmin, stpmax)
+    updated = moved._replace(
+        stage2=stage2, track=_common.advance(c.track, p, converged, warned | stuck)
+    )
+    return _common.select(finite, updated, _retreat(c, p, xtol))
+
+
+def _search(prob: Problem, cfg: _settings.Settings) -> Outcome:
     start = prob.start
     dtype = start.value.dtype
     finit, ginit = start.value, start.slope
-    gtest = ftol * ginit
+    gtest = cfg.slope_rtol * ginit
     stpmin = jnp.zeros((), dtype)
     stpmax = jnp.asarray(cfg.max_learning_rate, dtype)
     stp0 = prob.alpha0
@@ -171,79 +280,7 @@ def _search(prob: Problem, cfg: _common.Settings) -> Outcome:
         bad=jnp.asarray(jnp.inf, dtype),
         track=_common.start_track(prob),
     )
-
-    def body(c: _Carry) -> _Carry:
-        stp = c.stp
-        p = prob.evaluate(stp)
-        f, g = p.value, p.slope
-        finite = _common.is_finite_point(p)
-
-        ftest = finit + stp * gtest
-        stage2 = c.stage2 | ((f <= ftest) & (g >= 0))
-        warn_round = c.brackt & ((stp <= c.stmin) | (stp >= c.stmax))
-        warn_xtol = c.brackt & (c.stmax - c.stmin <= xtol * c.stmax)
-        at_max = (stp == stpmax) & (f <= ftest) & (g <= gtest)
-        conv = (f <= ftest) & (jnp.abs(g) <= gtol * -ginit)
-        # At max_learning_rate with sufficient decrease and a still negative
-        # slope, no larger step is allowed: accept it, as dcsrch does.
-        converged = finite & (conv | at_max)
-        warned = finite & ~converged & (warn_round | warn_xtol)
-
-        # Stage 1 works on psi(a) = phi(a) - phi(0) - ftol*a*phi'(0) until
-        # a step with psi <= 0 and phi' >= 0 is found.
-        use_psi = ~stage2 & (f <= c.fx) & (f > ftest)
-        shift = jnp.where(use_psi, gtest, 0)
-        stx, fxm, gxm, sty, fym, gym, nstp, brackt = dcstep(
-            c.stx,
-            c.fx - c.stx * shift,
-            c.gx - shift,
-            c.sty,
-            c.fy - c.sty * shift,
-            c.gy - shift,
-            stp,
-            f - stp * shift,
-            g - shift,
-            c.brackt,
-            c.stmin,
-            c.stmax,
-        )
-        fx, fy = fxm + stx * shift, fym + sty * shift
-        gx, gy = gxm + shift, gym + shift
-
-        width, width1 = c.width, c.width1
-        bisect = brackt & (jnp.abs(sty - stx) >= _P66 * width1)
-        nstp = jnp.where(bisect, stx + _P5 * (sty - stx), nstp)
-        width1 = jnp.where(brackt, width, width1)
-        width = jnp.where(brackt, jnp.abs(sty - stx), width)
-        stmin = jnp.where(brackt, jnp.minimum(stx, sty), nstp + _XTRAPL * (nstp - stx))
-        stmax = jnp.where(brackt, jnp.maximum(stx, sty), nstp + _XTRAPU * (nstp - stx))
-        nstp = jnp.minimum(jnp.maximum(nstp, stpmin), stpmax)
-        # Never return to where the loss was not finite.
-        nstp = jnp.minimum(nstp, stx + _P5 * (c.bad - stx))
-        # dcsrch would now evaluate stx again only to stop with a warning;
-        # stop here instead (one evaluation less, same outcome).
-        stuck = brackt & (
-            (nstp <= stmin) | (nstp >= stmax) | (stmax - stmin <= xtol * stmax)
-        )
-
-        updated = _Carry(
-            nstp, stx, fx, gx, sty, fy, gy, stmin, stmax, width, width1,
-            brackt, stage2, c.bad,
-            _common.advance(c.track, p, converged, warned | stuck),
-        )  # fmt: skip
-
-        # A non-finite trial: halve the step towards the best point and
-        # remember it as a barrier; the interval is left as it was.
-        bad = jnp.minimum(c.bad, stp)
-        shrunk = c.stx + _P5 * (stp - c.stx)
-        tiny = jnp.abs(shrunk - c.stx) <= xtol * shrunk
-        failed = c._replace(
-            stp=shrunk,
-            bad=bad,
-            track=_common.advance(c.track, p, jnp.asarray(False), tiny),
-        )
-        return _common.select(finite, updated, failed)
-
+    body = functools.partial(_step, prob, cfg, gtest, stpmin, stpmax)
     return _common.iterate(prob, init, body, cfg.max_steps)
 
 
@@ -325,7 +362,7 @@ def more_thuente(
         MINPACK-2 routines ``dcsrch`` and ``dcstep`` (B. M. Averick,
         R. G. Carter, J. J. Moré, 1993).
     """
-    cfg = _common.check_settings(
+    cfg = _settings.check_settings(
         _CALL, slope_rtol, curv_rtol, max_linesearch_steps, max_learning_rate,
         stepsize_precision, initial_step, has_aux,
     )  # fmt: skip

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from . import _common
+from . import _common, _settings
 from ._common import Outcome, Point, Problem
 
 _CALL = "nnxopt.linesearch.zoom"
@@ -78,7 +78,7 @@ class _Carry(NamedTuple):
     track: _common.Track
 
 
-def _search(prob: Problem, cfg: _common.Settings) -> Outcome:
+def _search(prob: Problem, cfg: _settings.Settings) -> Outcome:
     c1, c2, xtol = cfg.slope_rtol, cfg.curv_rtol, cfg.xtol
     amax, max_steps = cfg.max_learning_rate, cfg.max_steps
     start = prob.start
@@ -223,7 +223,7 @@ def zoom(
         J. Nocedal and S. J. Wright, *Numerical Optimization*, 2nd ed.,
         Springer, 2006: algorithms 3.5 and 3.6, eq. (3.59).
     """
-    cfg = _common.check_settings(
+    cfg = _settings.check_settings(
         _CALL, slope_rtol, curv_rtol, max_linesearch_steps, max_learning_rate,
         stepsize_precision, initial_step, has_aux,
     )  # fmt: skip
