@@ -183,6 +183,50 @@ def first_call(
     }
 
 
+def nnx_loss(prob: Problem, fun: Callable) -> tuple[Callable, Callable]:
+    """``(make_model, loss(model, *data))``: the problem as an NNX model."""
+    if prob.model is None:
+
+        def loss(m, *d):
+            return fun(m.x[...], *d)
+
+        return (lambda: Vector(prob.x0)), loss
+    graphdef = nnx.graphdef(prob.model())
+    loss_of_params = mlp_fn(graphdef)
+
+    def nnx_mlp_loss(m, *d):
+        return loss_of_params(nnx.state(m, nnx.Param), *d)
+
+    return prob.model, nnx_mlp_loss
+
+
+def without_poll(fun: Callable, x0: Any, data: tuple, kw: dict, repeats: int) -> float:
+    """Median time of the same solve without the Ctrl-C poll (as under jit)."""
+    available = _loop.INTERRUPT.available
+    _loop.INTERRUPT.available = lambda: False  # type: ignore[method-assign]
+    try:
+        nnxopt.solve(fun, x0, *data, **kw)
+        return statistics.median(
+            timed(lambda: nnxopt.solve(fun, x0, *data, **kw)) for _ in range(repeats)
+        )
+    finally:
+        _loop.INTERRUPT.available = available  # type: ignore[method-assign]
+
+
+def retraces(prob: Problem, fun: Callable, kw: dict) -> int:
+    """Traces of the loss on a second call with new data of the same shapes."""
+    traces = {"n": 0}
+
+    def counted(*a):
+        traces["n"] += 1
+        return fun(*a)
+
+    nnxopt.solve(counted, prob.x0, *prob.data(1), **kw)
+    before = traces["n"]
+    nnxopt.solve(counted, prob.x0, *prob.data(2), **kw)
+    return traces["n"] - before
+
+
 def measure(prob: Problem, repeats: int, compiles: int) -> dict[str, float]:
     fun = prob.make_fun()
     data = prob.data(0)
@@ -191,19 +235,7 @@ def measure(prob: Problem, repeats: int, compiles: int) -> dict[str, float]:
     _, hand_nfev, _ = jax.block_until_ready(hand(prob.x0, *data))
     sol = nnxopt.solve(fun, prob.x0, *data, **kw)
 
-    if prob.model is None:
-        make_model = lambda: Vector(prob.x0)  # noqa: E731
-
-        def loss(m, *d):
-            return fun(m.x[...], *d)
-    else:
-        make_model = prob.model
-        graphdef = nnx.graphdef(make_model())
-        loss_of_params = mlp_fn(graphdef)
-
-        def loss(m, *d):
-            return loss_of_params(nnx.state(m, nnx.Param), *d)
-
+    make_model, loss = nnx_loss(prob, fun)
     model = make_model()
     # A copy: minimize updates the model's Variables in place.
     start = nnx.state(nnx.clone(model))
@@ -230,17 +262,7 @@ def measure(prob: Problem, repeats: int, compiles: int) -> dict[str, float]:
         "minimize": (med["minimize"] - med["reset"]) / res.nfev,
     }
 
-    # The Ctrl-C poll: the same solve without it (as under jit).
-    available = _loop.INTERRUPT.available
-    _loop.INTERRUPT.available = lambda: False  # type: ignore[method-assign]
-    try:
-        nnxopt.solve(fun, prob.x0, *data, **kw)
-        no_poll = statistics.median(
-            timed(lambda: nnxopt.solve(fun, prob.x0, *data, **kw))
-            for _ in range(repeats)
-        )
-    finally:
-        _loop.INTERRUPT.available = available  # type: ignore[method-assign]
+    no_poll = without_poll(fun, prob.x0, data, kw, repeats)
 
     first: dict[str, list[float]] = {"hand": [], "solve": [], "minimize": []}
     for _ in range(compiles):
@@ -248,16 +270,6 @@ def measure(prob: Problem, repeats: int, compiles: int) -> dict[str, float]:
             first[name].append(seconds)
     first_med = {k: statistics.median(v) for k, v in first.items()}
 
-    # Traces on a second call with new data of the same shapes.
-    traces = {"n": 0}
-
-    def counted(*a):
-        traces["n"] += 1
-        return fun(*a)
-
-    nnxopt.solve(counted, prob.x0, *prob.data(1), **kw)
-    before = traces["n"]
-    nnxopt.solve(counted, prob.x0, *prob.data(2), **kw)
     return dict(
         nfev_hand=int(hand_nfev),
         nfev_solve=int(sol.nfev),
@@ -269,7 +281,7 @@ def measure(prob: Problem, repeats: int, compiles: int) -> dict[str, float]:
         first_solve_x=first_med["solve"] / first_med["hand"],
         first_minimize_x=first_med["minimize"] / first_med["hand"],
         poll_x=med["solve"] / no_poll,
-        retraces=traces["n"] - before,
+        retraces=retraces(prob, fun, kw),
     )
 
 
