@@ -13,6 +13,7 @@ from jax.flatten_util import ravel_pytree
 from . import _quasi_newton as qn
 from ._broyden import rank_two_update, scaling_parameters
 from ._memory import placed_zeros
+from ._tree import dot, gathered, placed_like
 
 _CALL = "nnxopt.bfgs"
 
@@ -228,7 +229,7 @@ def _fold_pair(
     """
     dtype = state.inv_hessian.dtype
     n = s.shape[0]
-    sy, yy, ss = s @ y, y @ y, s @ s
+    sy, yy, ss = dot(s, y), dot(y, y), dot(s, s)
     finite_pair = jnp.all(jnp.isfinite(s)) & jnp.all(jnp.isfinite(y))
     pair_ok = qn.curvature_ok(measured, finite_pair, sy, yy, eps)
     reset = qn.should_reset(measured, state.linesearch_state, ss, state.num_updates)
@@ -242,20 +243,20 @@ def _fold_pair(
     # s·B s: exact for H = gamma I; for a step along -H g it is (s·g)^2 / g·H g.
     g_prev = ravel_pytree(state.updates)[0].astype(dtype)
     ghg = state.grad_inv_hessian_grad
-    sbs = jnp.where(first, ss / gamma, (s @ g_prev) ** 2 / jnp.where(ghg > 0, ghg, 1))
+    sbs = jnp.where(first, ss / gamma, dot(s, g_prev) ** 2 / jnp.where(ghg > 0, ghg, 1))
     # The where keeps a stale H out of the arithmetic when it is not used.
-    hy = jnp.where(first, gamma * y, state.inv_hessian @ y)
+    hy = jnp.where(first, gamma * y, state.inv_hessian @ gathered(y))
     b = sbs / safe_sy
-    h = (y @ hy) / safe_sy
+    h = dot(y, hy) / safe_sy
     tau, phi = scaling_parameters(b, h, n, config.self_scaling, config.broyden_phi)
     s_ok, y_ok = jnp.where(pair_ok, s, 0), jnp.where(pair_ok, y, 0)
     hy_ok = jnp.where(pair_ok, hy, 0)
     tau = jnp.where(pair_ok, tau, 1)
     # Finite inputs and coefficients; an overflow inside H shows up in H g and
     # resets there.
-    scalars = jnp.stack([tau, phi, y @ hy, sy]).astype(dtype)
+    scalars = jnp.stack([tau, phi, dot(y, hy), sy]).astype(dtype)
     folded = pair_ok & jnp.all(jnp.isfinite(hy)) & jnp.all(jnp.isfinite(scalars))
-    eye = jnp.eye(n, dtype=dtype)
+    eye = placed_like(jnp.eye(n, dtype=dtype), state.inv_hessian)
     # One fused elementwise pass: H_pre (gamma I or H), the update, the selects.
     h_pre = jnp.where(first, gamma * eye, state.inv_hessian)
     updated = rank_two_update(h_pre, s_ok, y_ok, hy_ok, tau, phi)
@@ -284,11 +285,12 @@ def _direction(
     ``g·H g`` for the next self-scaling.
     """
     dtype = fold.inv_hessian.dtype
-    gg = flat_g @ flat_g
+    gg = dot(flat_g, flat_g)
     gamma_empty = qn.first_step_scale(radius, jnp.sqrt(gg), scale_init_precond, dtype)
     empty = fold.num_updates == 0
-    flat_d = jnp.where(empty, -gamma_empty * flat_g, -(fold.inv_hessian @ flat_g))
-    slope = flat_g @ flat_d
+    hg = fold.inv_hessian @ gathered(flat_g)  # rows like H's
+    flat_d = jnp.where(empty, -gamma_empty * flat_g, -hg)
+    slope = dot(flat_g, flat_d)
     finite_d = jnp.all(jnp.isfinite(flat_d))
     bad_direction = qn.bad_direction(finite_now, gg > 0, finite_d, slope)
     flat_d = jnp.where(bad_direction, -gamma_empty * flat_g, flat_d)
@@ -551,8 +553,9 @@ def _recover(
     row, back to ``x_prev`` with ``H = I`` and a shorter first step.
     """
     s_tree = optax.tree.sub(params, state.params)
+    ss = dot(s, s)
     back = qn.step_back(
-        state, state.bfgs_info, params, s_tree, jnp.all(jnp.isfinite(s)), s @ s, dtype
+        state, state.bfgs_info, params, s_tree, jnp.all(jnp.isfinite(s)), ss, dtype
     )
     new_state = back.state._replace(
         num_updates=jnp.where(back.give_up, 0, state.num_updates),

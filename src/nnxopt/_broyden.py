@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ._tree import dot, gathered
+
 
 def inverse_hessian_update(
     inv_hessian: jax.Array,
@@ -47,7 +49,7 @@ def inverse_hessian_update(
         informed neural networks, J. Comput. Phys. 523 (2025) 113656,
         arXiv:2405.04230, section 2 (the self-scaled Broyden update).
     """
-    hy = inv_hessian @ y
+    hy = inv_hessian @ gathered(y)
     return rank_two_update(inv_hessian, s, y, hy, tau, phi)
 
 
@@ -60,8 +62,8 @@ def rank_two_update(
     phi: jax.Array | float,
 ) -> jax.Array:
     """``inverse_hessian_update`` given ``hy = H y``: one elementwise pass over H."""
-    sy = s @ y
-    yhy = y @ hy
+    sy = dot(s, y)
+    yhy = dot(y, hy)
     tau = jnp.asarray(tau, inv_hessian.dtype)
     phi = jnp.asarray(phi, inv_hessian.dtype)
     # v v^T expanded: yHy s s^T / sy^2 - (s Hy^T + Hy s^T) / sy + Hy Hy^T / yHy.
@@ -74,7 +76,7 @@ def rank_two_update(
     # over the updates). The cross term by polarization, s and Hy first scaled
     # to one norm so that it cancels little: with u = a s, w = Hy / a,
     # s Hy^T + Hy s^T = (u + w)(u + w)^T - u u^T - w w^T.
-    ns, nh = jnp.sqrt(s @ s), jnp.sqrt(hy @ hy)
+    ns, nh = jnp.sqrt(dot(s, s)), jnp.sqrt(dot(hy, hy))
     a = jnp.sqrt(jnp.where((ns > 0) & (nh > 0), nh / jnp.where(ns > 0, ns, 1), 1))
     u, w = a * s, hy / a
     out = inv_hessian / tau
@@ -84,7 +86,8 @@ def rank_two_update(
         (c_hh * a * a - c_sh, w),
     ):
         root = jnp.sqrt(jnp.abs(coef)) * p
-        out = out + jnp.outer(jnp.sign(coef) * root, root)
+        # rows like the vector, columns replicated: H's layout
+        out = out + jnp.outer(jnp.sign(coef) * root, gathered(root))
     return out.astype(inv_hessian.dtype)
 
 

@@ -36,6 +36,7 @@ from jax.flatten_util import ravel_pytree
 from . import _bounds
 from . import _quasi_newton as qn
 from ._memory import placed_zeros, push
+from ._tree import dot, gathered, pick
 from .linesearch import _common
 from .linesearch._settings import check_settings
 from .linesearch.more_thuente import MoreThuenteState, _search
@@ -119,10 +120,10 @@ def _compact(s: jax.Array, y: jax.Array, valid: jax.Array, age: jax.Array) -> _C
     dtype = s.dtype
     s = jnp.where(valid[:, None], s, 0)
     y = jnp.where(valid[:, None], y, 0)
-    sy = s @ y.T  # sy[i, j] = s_i . y_j
-    ss = s @ s.T
+    sy = dot(s, y.T)  # sy[i, j] = s_i . y_j
+    ss = dot(s, s.T)
     newest = jnp.argmax(jnp.where(valid, age, -1))
-    yy_new = y[newest] @ y[newest]
+    yy_new = dot(y[newest], y[newest])
     sy_new = sy[newest, newest]
     theta = jnp.where(jnp.any(valid), yy_new / jnp.where(sy_new > 0, sy_new, 1), 1)
     theta = theta.astype(dtype)
@@ -157,11 +158,13 @@ def _cauchy(x: jax.Array, g: jax.Array, lo: jax.Array, up: jax.Array, b: _Compac
     dtype = x.dtype
     t = _breakpoints(x, g, lo, up)
     d = jnp.where(t > 0, -g, 0)
-    key = jnp.where(t > 0, t, jnp.inf)
+    # The breakpoints, sorted, on every device (a sort needs the whole
+    # vector); the loop below reads single entries of sharded vectors.
+    key = gathered(jnp.where(t > 0, t, jnp.inf))
     order = jnp.argsort(key)
     num_breaks = jnp.sum(jnp.isfinite(key))
-    p = b.w.T @ d
-    fp = -(d @ d)
+    p = dot(b.w.T, d)
+    fp = -dot(d, d)
     fpp = -b.theta * fp - p @ (b.m @ p)
 
     def minimiser(fp: jax.Array, fpp: jax.Array) -> jax.Array:
@@ -179,8 +182,8 @@ def _cauchy(x: jax.Array, g: jax.Array, lo: jax.Array, up: jax.Array, b: _Compac
         j, t_old, fp, fpp, p, cc, _ = c
         i = order[j]
         dt = key[i] - t_old
-        gi, wi = g[i], b.w[i]
-        zi = jnp.where(g[i] < 0, up[i], lo[i]) - x[i]
+        gi, wi = pick(g, i), pick(b.w, i)
+        zi = jnp.where(gi < 0, pick(up, i), pick(lo, i)) - pick(x, i)
         cc = cc + dt * p
         fp = fp + dt * fpp + gi * gi + b.theta * gi * zi - gi * (wi @ (b.m @ cc))
         fpp = fpp - b.theta * gi * gi - 2 * gi * (wi @ (b.m @ p))
@@ -201,17 +204,17 @@ def _subspace(x: jax.Array, g: jax.Array, lo: jax.Array, up: jax.Array, xcp: jax
     and truncates it to the box instead when that is not a descent direction.
     """
     free = (xcp > lo) & (xcp < up)
-    c = b.w.T @ (xcp - x)
+    c = dot(b.w.T, xcp - x)
     reduced = jnp.where(free, g + b.theta * (xcp - x) - b.w @ (b.m @ c), 0)
     wz = jnp.where(free[:, None], b.w, 0)
-    v = b.m @ (wz.T @ reduced)
+    v = b.m @ dot(wz.T, reduced)
     eye = jnp.eye(v.shape[0], dtype=x.dtype)
-    n_mat = eye - (b.m @ (wz.T @ wz)) / b.theta
+    n_mat = eye - (b.m @ dot(wz.T, wz)) / b.theta
     v = jnp.linalg.solve(n_mat, v)
     du = -reduced / b.theta - (wz @ v) / b.theta**2
     du = jnp.where(free & jnp.isfinite(du), du, 0)
     projected = jnp.clip(xcp + du, lo, up)
-    descent = g @ (projected - x) < 0
+    descent = dot(g, projected - x) < 0
     # Largest alpha <= 1 with xcp + alpha du in the box.
     room = jnp.where(du > 0, (up - xcp) / jnp.where(du > 0, du, 1), jnp.inf)
     room = jnp.where(du < 0, (lo - xcp) / jnp.where(du < 0, du, 1), room)
@@ -406,10 +409,10 @@ def _memory(state: LbfgsbState, x: jax.Array, g: jax.Array, ok: jax.Array, m: in
     x_prev, _ = ravel_pytree(state.params)
     g_prev, _ = ravel_pytree(state.updates)
     s, y = x - x_prev, g - g_prev
-    sy, yy = s @ y, y @ y
+    sy, yy, ss = dot(s, y), dot(y, y), dot(s, s)
     measured = (state.count > 0) & ok
     pair_ok = qn.curvature_ok(measured, True, sy, yy, jnp.finfo(dtype).eps)
-    reset = qn.should_reset(measured, state.linesearch_state, s @ s, state.num_pairs)
+    reset = qn.should_reset(measured, state.linesearch_state, ss, state.num_pairs)
     num_pairs = jnp.where(reset, 0, state.num_pairs)
     (s_mem, y_mem), idx, num_pairs = push(
         (state.s_memory, state.y_memory),
@@ -444,7 +447,7 @@ def _update(
     empty = state.count == 0
     constrained = jnp.any(jnp.isfinite(lo) | jnp.isfinite(up))
     boxed_all = jnp.all(jnp.isfinite(lo) & jnp.isfinite(up))
-    dnorm = jnp.sqrt(d @ d)
+    dnorm = jnp.sqrt(dot(d, d))
     stpmax = jnp.where(empty & constrained, jnp.minimum(stpmax, 1), stpmax)
     first = jnp.where(empty & ~boxed_all, 1 / jnp.where(dnorm > 0, dnorm, 1), 1)
     first = jnp.minimum(first, stpmax)

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from . import _tree
+
 
 def placed_zeros(params: Any, lead: tuple[int, ...] = ()) -> Any:
     """Return zeros shaped ``(*lead, *p.shape)`` per leaf, placed like ``p``.
@@ -50,7 +52,7 @@ def new_memory(params: Any, m: int) -> Any:
 
 
 def vdot(x: Any, y: Any, dtype: jnp.dtype) -> jax.Array:
-    return optax.tree.real(optax.tree.vdot(x, y)).astype(dtype)
+    return optax.tree.real(_tree.vdot(x, y)).astype(dtype)
 
 
 def axpy(a: jax.Array, x: Any, y: Any) -> Any:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 PyTree = Any
 #: Leaf size from which :func:`choose` branches instead of selecting.
@@ -66,6 +70,67 @@ def inf_norm(tree: PyTree, dtype: Any) -> jax.Array:
     """Return ``max_i |x_i|`` over all leaves, in ``dtype`` (0 for no elements)."""
     norms = [jnp.max(jnp.abs(x)).astype(dtype) for x in jax.tree.leaves(tree) if x.size]
     return jnp.max(jnp.stack(norms)) if norms else jnp.zeros((), dtype)
+
+
+# Products over raveled parameter vectors, valid under any sharding. On an
+# explicit mesh (``AxisType.Explicit``) a raveled vector, and an ``(m, n)`` or
+# ``n x n`` buffer built like it, can be sharded along ``n``; JAX then refuses
+# a contraction over ``n`` without an output sharding, a product of operands
+# sharded differently along the contracted axis, and a dynamic index into
+# ``n``. These helpers state the layout: the operations are the same
+# (``dot_general``, a gather, a sort), so without a mesh, or on an automatic
+# one, they compute exactly what ``@``, ``x[i]`` and ``argsort`` compute.
+
+
+def replicated(x: jax.Array) -> NamedSharding:
+    """The sharding on ``x``'s mesh with every axis replicated (on no mesh:
+    the empty mesh, which every operation accepts)."""
+    return NamedSharding(jax.typeof(x).sharding.mesh, P())
+
+
+def gathered(x: jax.Array) -> jax.Array:
+    """``x`` replicated on every device of its mesh (itself on no mesh)."""
+    where = replicated(x)
+    return x if where.mesh.empty else jax.sharding.reshard(x, where)
+
+
+def placed_like(x: jax.Array, like: jax.Array) -> jax.Array:
+    """``x`` sharded like ``like`` (same shape; itself on no mesh)."""
+    where = jax.typeof(like).sharding
+    return x if where.mesh.empty else jax.sharding.reshard(x, where)
+
+
+def dot(a: jax.Array, b: jax.Array) -> jax.Array:
+    """``a @ b`` contracting over the parameter axis, the (small) result
+    replicated: inner products ``s @ y``, and ``W^T d`` with ``W`` of shape
+    ``(n, k)``; every device gets the same global sum."""
+    return jnp.matmul(a, b, out_sharding=replicated(a))
+
+
+def vdot(a: PyTree, b: PyTree) -> jax.Array:
+    """``sum_i <a_i, b_i>`` over the leaves (``a`` conjugated), as
+    ``optax.tree.vdot`` computes it (highest precision, leaves summed in
+    order), each leaf contracted over all its axes in place with a replicated
+    result: valid however the leaves are sharded. (``optax.tree.vdot`` ravels
+    each leaf with ``jnp.vdot`` under JAX >= 0.10, whose version it compares
+    as a string, and fails on a leaf sharded on an explicit mesh.)"""
+
+    def leaf(x: Any, y: Any) -> jax.Array:
+        x, y = jnp.asarray(x), jnp.asarray(y)
+        if jnp.iscomplexobj(x):
+            x = jnp.conj(x)
+        return jnp.tensordot(
+            x, y, x.ndim, precision=jax.lax.Precision.HIGHEST,
+            out_sharding=replicated(x),
+        )  # fmt: skip
+
+    parts = jax.tree.leaves(jax.tree.map(leaf, a, b))
+    return functools.reduce(operator.add, parts, 0)
+
+
+def pick(x: jax.Array, i: jax.Array) -> jax.Array:
+    """``x[i]`` along the first axis (possibly sharded), replicated."""
+    return x.at[jnp.asarray(i)[None]].get(out_sharding=replicated(x))[0]
 
 
 def cast_like(tree: PyTree, like: PyTree) -> PyTree:
