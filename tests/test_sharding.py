@@ -98,11 +98,7 @@ def test_sharded_solve_matches_unsharded(case):
 )
 def test_sharded_lbfgsb_and_bfgs(case, memory):
     r = _run()[case]
-    if case.endswith("explicit") and "ShardingTypeError" in r.get("error", ""):
-        # The line searches' slope still goes through optax.tree.vdot, which
-        # fails on a leaf sharded on an explicit mesh (JAX >= 0.10): until
-        # nnxopt/linesearch/_common.py's _vdot calls nnxopt._tree.vdot.
-        pytest.xfail(r["error"])
+    assert "error" not in r, r["error"]
     if case != "bfgs_model":
         # L-BFGS-B against the unsharded solve, BFGS on the explicit mesh
         # against the automatic one (one compile fewer), as in the L-BFGS

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from .. import _tree
 from .._memory import placed_zeros
 from .._status import SearchStatus
 from ._settings import Settings
@@ -242,7 +243,7 @@ def _leaf_dtype(params: Any) -> jnp.dtype:
 
 
 def _vdot(a: Any, b: Any, dtype: jnp.dtype) -> jax.Array:
-    return jnp.asarray(optax.tree.vdot(a, b), dtype).real
+    return jnp.asarray(_tree.vdot(a, b), dtype).real
 
 
 def init_fields(params: Any) -> dict[str, Any]:
