@@ -22,7 +22,15 @@ from ._lbfgs import lbfgs
 from ._objective import explain_tracer_errors, unpack_loss
 from ._protocol import Capabilities, extra_args
 from ._status import Status
-from ._tree import all_finite, cast_like, choose, inf_norm, lowest_precision, select, strong
+from ._tree import (
+    all_finite,
+    cast_like,
+    choose,
+    inf_norm,
+    lowest_precision,
+    select,
+    strong,
+)
 
 PyTree = Any
 _INT = jnp.int32
