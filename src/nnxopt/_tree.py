@@ -125,7 +125,7 @@ def vdot(a: PyTree, b: PyTree) -> jax.Array:
         )  # fmt: skip
 
     parts = jax.tree.leaves(jax.tree.map(leaf, a, b))
-    return functools.reduce(operator.add, parts, 0)
+    return jnp.asarray(functools.reduce(operator.add, parts, 0))
 
 
 def pick(x: jax.Array, i: jax.Array) -> jax.Array:
