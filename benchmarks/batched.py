@@ -8,11 +8,11 @@ Two families of small float64 problems, a different instance per member:
   from 1 to 1e4.
 
 For each batch size it reports the wall time per member of the batched solve
-(compile excluded: the second call is timed), of a loop of ``nnxopt.solve``
+(compile excluded: the best of 10 warm calls), of a loop of ``nnxopt.solve``
 (warm, each call compiled already) and of ``scipy.optimize.minimize(method=
 "L-BFGS-B")`` with NumPy objective and gradient, and the ratios. The loops are
-timed over ``min(batch, --loop-members)`` members and reported per member (a
-loop's cost is linear in its length). Iterations and evaluations of every
+timed over ``min(batch, --loop-members)`` members (best of 3) and reported per
+member (a loop's cost is linear in its length). Iterations and evaluations of every
 member of the batch equal the single solves (``tests/test_batched.py``).
 
     python -m benchmarks.batched [--sizes 64 256 1024] [--loop-members 128]
@@ -92,7 +92,7 @@ def bench(family: str, members: int, loop_members: int) -> dict:
     batched = jax.jit(jax.vmap(lambda p, *a: nnxopt.solve(fun, p, *a, maxiter=MAXITER)))
     sol = batched(jx0, *jdata)
     jax.block_until_ready(sol)
-    t_batch = timed(lambda: jax.block_until_ready(batched(jx0, *jdata)))
+    t_batch = timed(lambda: jax.block_until_ready(batched(jx0, *jdata)), repeats=10)
     m = min(members, loop_members)
     nnxopt.solve(
         fun, jx0[0], *(d[0] for d in jdata), maxiter=MAXITER
@@ -103,7 +103,7 @@ def bench(family: str, members: int, loop_members: int) -> dict:
         for p, *a in singles:
             jax.block_until_ready(nnxopt.solve(fun, p, *a, maxiter=MAXITER).params)
 
-    t_loop = timed(loop, repeats=1) / m
+    t_loop = timed(loop) / m
 
     def scipy_loop():
         for i in range(m):
@@ -112,7 +112,7 @@ def bench(family: str, members: int, loop_members: int) -> dict:
                 method="L-BFGS-B",
             )  # fmt: skip
 
-    t_scipy = timed(scipy_loop, repeats=1) / m
+    t_scipy = timed(scipy_loop) / m
     per_member = t_batch / members
     return {
         "family": family,
