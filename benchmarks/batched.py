@@ -16,6 +16,7 @@ member (a loop's cost is linear in its length). Iterations and evaluations of ev
 member of the batch equal the single solves (``tests/test_batched.py``).
 
     python -m benchmarks.batched [--sizes 64 256 1024] [--loop-members 128]
+        [--maxiter N] [--history K]
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def make(family: str, members: int, seed: int = 0) -> tuple:
 
 
 MAXITER = 15000
+HISTORY: int | None = None
 
 
 FAMILIES = {"logistic": (logistic, logistic_np), "quadratic": (quadratic, quadratic_np)}
@@ -89,19 +91,24 @@ def bench(family: str, members: int, loop_members: int) -> dict:
     fun, fun_np = FAMILIES[family]
     x0, *data = make(family, members)
     jx0, jdata = jnp.asarray(x0), [jnp.asarray(d) for d in data]
-    batched = jax.jit(jax.vmap(lambda p, *a: nnxopt.solve(fun, p, *a, maxiter=MAXITER)))
+    batched = jax.jit(
+        jax.vmap(
+            lambda p, *a: nnxopt.solve(fun, p, *a, maxiter=MAXITER, history=HISTORY)
+        )
+    )
     sol = batched(jx0, *jdata)
     jax.block_until_ready(sol)
     t_batch = timed(lambda: jax.block_until_ready(batched(jx0, *jdata)), repeats=10)
     m = min(members, loop_members)
     nnxopt.solve(
-        fun, jx0[0], *(d[0] for d in jdata), maxiter=MAXITER
+        fun, jx0[0], *(d[0] for d in jdata), maxiter=MAXITER, history=HISTORY
     )  # compile the single solve
     singles = [(jx0[i], *(d[i] for d in jdata)) for i in range(m)]
 
     def loop():
         for p, *a in singles:
-            jax.block_until_ready(nnxopt.solve(fun, p, *a, maxiter=MAXITER).params)
+            sol = nnxopt.solve(fun, p, *a, maxiter=MAXITER, history=HISTORY)
+            jax.block_until_ready(sol.params)
 
     t_loop = timed(loop) / m
 
@@ -133,9 +140,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--loop-members", type=int, default=128)
     parser.add_argument("--families", nargs="+", default=list(FAMILIES))
     parser.add_argument("--maxiter", type=int, default=15000)
+    parser.add_argument(
+        "--history",
+        type=int,
+        default=None,
+        help="solve's history= (default: one per iteration)",
+    )
     args = parser.parse_args(argv)
-    global MAXITER
-    MAXITER = args.maxiter
+    global MAXITER, HISTORY
+    MAXITER, HISTORY = args.maxiter, args.history
     print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, float64")
     print(
         "| problem | members | jit(vmap(solve)) ms/member | loop of solve ms/member "

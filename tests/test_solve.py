@@ -570,3 +570,27 @@ def test_a_loss_calling_float_on_a_traced_value_is_explained():
     with pytest.raises(TypeError, match=r"nnxopt\.minimize: loss_fn turned a traced"):
         nnxopt.minimize(lambda m: float(jnp.sum(m.kernel[...] ** 2)), model)
     jax.tree.map(np.testing.assert_array_equal, nnx.state(model, nnx.Param), kept)
+
+
+def test_history_option_keeps_the_first_iterates_and_the_latest():
+    def fun(p, target):
+        return jnp.sum((p - target) ** 2) + jnp.sum(p**4)
+
+    p0, target = jnp.zeros(3), jnp.arange(3.0)
+    full = solve(fun, p0, target, maxiter=50)
+    short = solve(fun, p0, target, maxiter=50, history=3)
+    latest = solve(fun, p0, target, maxiter=50, history=1)
+    n = int(full.nit)
+    assert n > 3  # so that the short histories are full
+    trimmed = full.history.trim()
+    for sol in (short, latest):
+        assert np.array_equal(np.asarray(sol.params), np.asarray(full.params))
+        assert (int(sol.nit), int(sol.nfev)) == (n, int(full.nfev))
+    assert np.asarray(short.history.value).shape == (3,)
+    np.testing.assert_array_equal(short.history.value[:2], trimmed.value[:2])
+    np.testing.assert_array_equal(short.history.value[2], trimmed.value[-1])
+    np.testing.assert_array_equal(latest.history.nfev, trimmed.nfev[-1:])
+    with pytest.raises(ValueError, match="history must be >= 1"):
+        solve(fun, p0, target, history=0)
+    with pytest.raises(TypeError, match="history must be None"):
+        nnxopt.minimize(lambda m: 0.0, nnx.Linear(1, 1, rngs=nnx.Rngs(0)), history=2.5)

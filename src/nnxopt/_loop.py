@@ -56,8 +56,10 @@ class MinimizeHistory(NamedTuple):
     starting point, the resumed point when ``state=`` was given). Arrays have
     length ``min(maxiter, MAX_HISTORY) + 1`` (``MAX_HISTORY`` is 100,000: a
     huge ``maxiter`` does not allocate a huge buffer; past it, the last entry
-    holds the latest iterate); unused entries are ``nan`` (and ``-1`` for
-    ``nfev``).
+    holds the latest iterate), or the ``history=`` given to ``solve`` or
+    ``minimize`` (``history=1``: the latest iterate only, for large batches of
+    small solves, where the buffer is per member); unused entries are ``nan``
+    (and ``-1`` for ``nfev``).
     Use :meth:`trim` to drop the padding.
 
     Attributes:
@@ -136,10 +138,28 @@ class LoopOptions:
     history: int = 0
 
     @classmethod
-    def of(cls, maxiter: int, hosted: bool) -> LoopOptions:
-        """The options of a loop; the history has ``min(maxiter, MAX_HISTORY) + 1``
-        entries."""
-        return cls(maxiter, hosted, min(maxiter, MAX_HISTORY) + 1)
+    def of(cls, maxiter: int, hosted: bool, history: int | None = None) -> LoopOptions:
+        """The options of a loop; the history has ``history`` entries, by
+        default ``min(maxiter, MAX_HISTORY) + 1``."""
+        length = min(maxiter, MAX_HISTORY) + 1 if history is None else history
+        return cls(maxiter, hosted, length)
+
+
+def check_history(call: str, history: Any) -> None:
+    """Check ``history=`` (``None`` or an int >= 1) before tracing."""
+    if history is None:
+        return
+    if isinstance(history, bool) or not isinstance(history, int | np.integer):
+        raise TypeError(
+            f"{call}: history must be None (one entry per iteration, up to "
+            f"{MAX_HISTORY:,}) or an int >= 1 (the number of entries); got "
+            f"{history!r}."
+        )
+    if history < 1:
+        raise ValueError(
+            f"{call}: history must be >= 1 (history=1 keeps only the latest "
+            f"iterate); got {history!r}."
+        )
 
 
 class _Carry(NamedTuple):

@@ -101,6 +101,7 @@ def minimize(
     progress: bool = False,
     graph: bool | None = None,
     state: SolverState | None = None,
+    history: int | None = None,
     **kwargs: Any,
 ) -> MinimizeResult:
     """Minimize ``loss_fn(model, *args, **kwargs)`` over the ``wrt`` Variables.
@@ -168,6 +169,12 @@ def minimize(
             it stopped at, and the exception is re-raised (with a note).
         progress: show a tqdm progress bar with the loss and gradient norm
             (needs the ``progress`` extra: ``pip install 'nnxopt[progress]'``).
+        history: entries of ``result.history``: ``None`` (default) one per
+            iteration, ``min(maxiter, 100000) + 1``; an int ``k >= 1`` keeps
+            the first ``k - 1`` iterates and the latest in the last entry
+            (``history=1``: the latest only). The buffer is per call (per
+            member under ``vmap``), so large batches of small solves pass a
+            small one.
         graph: NNX graph mode (``True``), tree mode (``False``) or the default.
         state: ``result.state`` of an earlier solve of the same model and loss,
             to resume it; the model's ``wrt`` values are replaced by the state's
@@ -210,6 +217,7 @@ def minimize(
         static,
         maxiter,
         prepare=_Prepare(objective),
+        history=history,
     )
     sol, written, counts, error = launch(
         make, params, state, dynamic,

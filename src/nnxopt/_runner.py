@@ -20,7 +20,7 @@ import optax
 
 from . import _bounds, _loop
 from ._cache import compiled, transform_key
-from ._loop import LoopOptions, MinimizeHistory
+from ._loop import LoopOptions, MinimizeHistory, check_history
 from ._solver import DEFAULT_MAXITER, Solver, SolverState, check_options, default_tx
 from ._status import is_success
 from ._tree import combine
@@ -66,6 +66,7 @@ def compiled_run(
     maxiter: int | None,
     *,
     prepare: Callable[..., dict] | None = None,
+    history: int | None = None,
 ) -> Callable[[bool], Runner]:
     """Return ``make(hosted)``, which returns the cached :class:`Runner`.
 
@@ -81,10 +82,12 @@ def compiled_run(
             f"optax.adam(1e-3) or nnxopt.lbfgs()) or None; got {tx!r}."
         )
     check_options(call, None, None, maxiter, None)
+    check_history(call, history)
     maxiter = DEFAULT_MAXITER if maxiter is None else int(maxiter)
+    history = None if history is None else int(history)
 
     def make(hosted: bool) -> Runner:
-        options = LoopOptions.of(maxiter, hosted)
+        options = LoopOptions.of(maxiter, hosted, history)
         parts = _Parts(make_solver, tx, static, options, prepare)
         return compiled(
             (*key, transform_key(tx), static, options, prepare),

@@ -132,6 +132,7 @@ def solve(
     progress: bool = False,
     state: SolverState | None = None,
     implicit: _implicit.ImplicitDiff | None = None,
+    history: int | None = None,
     **kwargs: Any,
 ) -> Solution:
     """Minimize ``fun(params, *args, **kwargs)`` over a pytree of floating arrays.
@@ -182,6 +183,12 @@ def solve(
             raises, the solve stops there and the exception is re-raised
             after the loop (with a note naming the iteration).
         progress: show a tqdm progress bar (the ``progress`` extra).
+        history: entries of ``sol.history``: ``None`` (default) one per
+            iteration, ``min(maxiter, 100000) + 1``; an int ``k >= 1`` keeps
+            the first ``k - 1`` iterates and the latest in the last entry
+            (``history=1``: the latest only). The buffer is per call (per
+            member under ``vmap``), so large batches of small solves pass a
+            small one.
         state: a ``Solution.state`` to resume from; ``params`` must then have
             the structure, shapes and dtypes of ``state.params``, whose values
             are used.
@@ -236,6 +243,7 @@ def solve(
         tx,
         static,
         maxiter,
+        history=history,
     )
     solution, _, _, error = launch(
         run, params, state, dynamic,
