@@ -169,12 +169,8 @@ def minimize(
             it stopped at, and the exception is re-raised (with a note).
         progress: show a tqdm progress bar with the loss and gradient norm
             (needs the ``progress`` extra: ``pip install 'nnxopt[progress]'``).
-        history: entries of ``result.history``: ``None`` (default) one per
-            iteration, ``min(maxiter, 100000) + 1``; an int ``k >= 1`` keeps
-            the first ``k - 1`` iterates and the latest in the last entry
-            (``history=1``: the latest only). The buffer is per call (per
-            member under ``vmap``), so large batches of small solves pass a
-            small one.
+        history: entries of ``result.history``, as in :func:`nnxopt.solve`
+            (``None``: one per iteration; ``1``: the latest iterate only).
         graph: NNX graph mode (``True``), tree mode (``False``) or the default.
         state: ``result.state`` of an earlier solve of the same model and loss,
             to resume it; the model's ``wrt`` values are replaced by the state's
