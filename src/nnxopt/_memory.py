@@ -52,6 +52,8 @@ def new_memory(params: Any, m: int) -> Any:
 
 
 def vdot(x: Any, y: Any, dtype: jnp.dtype) -> jax.Array:
+    """``Re <x, y>`` over the leaves, in ``dtype``, under any sharding (see
+    :func:`nnxopt._tree.vdot`); L-BFGS and the line searches share it."""
     return optax.tree.real(_tree.vdot(x, y)).astype(dtype)
 
 

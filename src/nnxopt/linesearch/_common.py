@@ -17,8 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from .. import _tree
-from .._memory import placed_zeros
+from .._memory import placed_zeros, vdot
 from .._status import SearchStatus
 from ._settings import Settings
 
@@ -242,10 +241,6 @@ def _leaf_dtype(params: Any) -> jnp.dtype:
     return jnp.result_type(*leaves)
 
 
-def _vdot(a: Any, b: Any, dtype: jnp.dtype) -> jax.Array:
-    return jnp.asarray(_tree.vdot(a, b), dtype).real
-
-
 def init_fields(params: Any) -> dict[str, Any]:
     """Initial values of the fields every line-search state has."""
     dtype = _leaf_dtype(params)
@@ -292,13 +287,13 @@ def _descent_direction(
     """Return ``(direction, slope, not_descent)``: ``updates`` if it descends,
     else the negative gradient scaled to its length (a usable search either
     way: the caller's direction may point uphill or hold nan)."""
-    slope = _vdot(grad, updates, dtype)
-    gnorm2 = _vdot(grad, grad, dtype)
+    slope = vdot(grad, updates, dtype)
+    gnorm2 = vdot(grad, grad, dtype)
     # `slope < 0` is False for nan as well: both fall back.
     not_descent = ~(slope < 0)
     # The fallback keeps the length of the direction the caller gave (its
     # scale is the caller's best guess of a good step), when it has one.
-    dnorm = jnp.sqrt(_vdot(updates, updates, dtype))
+    dnorm = jnp.sqrt(vdot(updates, updates, dtype))
     gnorm = jnp.sqrt(gnorm2)
     usable = jnp.isfinite(dnorm) & (dnorm > 0) & (gnorm > 0)
     scale = jnp.where(usable, dnorm / jnp.where(usable, gnorm, 1), 1)
@@ -336,7 +331,7 @@ def _evaluators(
             v, g = jax.value_and_grad(value_fn)(x)
             a = None
         v = jnp.asarray(v, dtype)
-        return Point(alpha, v, _vdot(g, direction, dtype), g, a)
+        return Point(alpha, v, vdot(g, direction, dtype), g, a)
 
     def evaluate_value(alpha: jax.Array) -> tuple[jax.Array, Any]:
         out = value_fn(point_at(alpha))
