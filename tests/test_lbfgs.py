@@ -18,6 +18,7 @@ import scipy.optimize
 
 from nnxopt._lbfgs import LbfgsState, lbfgs, two_loop_recursion
 from nnxopt._status import SearchStatus
+from nnxopt._tree import COND_SIZE
 
 RTOL_F64 = 1e-12  # round-off between two float64 implementations of one formula
 GTOL = 1e-8  # ||g||_inf at which a float64 solve counts as converged
@@ -325,20 +326,24 @@ def test_repeated_nan_trials_reset_memory_and_return_to_last_finite_point():
     _assert_finite_run([state], xs[-1:])
 
 
-def test_bad_direction_falls_back_to_scaled_gradient():
+# pad: zeros appended to x; with COND_SIZE of them the fallback direction is
+# chosen by a lax.cond (nnxopt._tree.choose_lazy) instead of a select.
+@pytest.mark.parametrize("pad", [0, COND_SIZE])
+def test_bad_direction_falls_back_to_scaled_gradient(pad):
     opt = lbfgs(learning_rate=1.0)
     f = lambda x: 0.5 * jnp.sum(x**2)  # noqa: E731
-    x1 = jnp.array([0.5, 1.0])
+    x1 = jnp.zeros(2 + pad).at[:2].set(jnp.array([0.5, 1.0]))
     state = opt.init(x1)
     # A stored pair with negative curvature makes H indefinite (optax would keep
     # it); the incoming pair s = (0, -1), y = (0, 1) is skipped, so it stays.
     g = jax.grad(f)(x1)
+    e1 = jnp.zeros_like(x1).at[1].set(1.0)
     state = state._replace(
         count=jnp.ones((), jnp.int32),
-        params=x1 + jnp.array([0.0, 1.0]),
-        updates=g - jnp.array([0.0, 1.0]),
-        diff_params_memory=jnp.zeros((10, 2)).at[0, 0].set(1.0),
-        diff_updates_memory=jnp.zeros((10, 2)).at[0, 0].set(-1.0),
+        params=x1 + e1,
+        updates=g - e1,
+        diff_params_memory=jnp.zeros((10, 2 + pad)).at[0, 0].set(1.0),
+        diff_updates_memory=jnp.zeros((10, 2 + pad)).at[0, 0].set(-1.0),
         weights_memory=jnp.zeros(10).at[0].set(-1.0),
         memory_idx=jnp.ones((), jnp.int32),
         num_pairs=jnp.ones((), jnp.int32),

@@ -13,10 +13,10 @@ from . import _quasi_newton as qn
 from ._memory import new_memory, placed_zeros, push, two_loop_recursion
 from ._memory import scale as _scale
 from ._memory import vdot as _vdot
-from ._memory import where as _where
 from ._memory import zero_if as _zero_if
 from ._quasi_newton import default_linesearch as default_linesearch
 from ._tree import all_finite as _all_finite
+from ._tree import choose_lazy
 
 __all__ = ["LbfgsInfo", "LbfgsState", "lbfgs", "two_loop_recursion"]
 
@@ -299,7 +299,9 @@ def _store_pair(
     eps = jnp.finfo(dtype).eps if config.curvature_eps is None else config.curvature_eps
     sy, yy = _vdot(s, y, dtype), _vdot(y, y, dtype)
     measured = (state.count > 0) & finite_now
-    pair_ok = qn.curvature_ok(measured, _all_finite((s, y)), sy, yy, eps)
+    # A non-finite entry of s or y makes s·y or y·y non-finite (an inf times
+    # zero is nan), which curvature_ok rejects: no pass over s and y to check.
+    pair_ok = qn.curvature_ok(measured, jnp.isfinite(ss), sy, yy, eps)
     reset = qn.should_reset(measured, state.linesearch_state, ss, state.num_pairs)
     # A reset zeroes the weights only: a slot of weight 0 is skipped by the
     # two-loop recursion, and the O(m n) pair buffers are never copied.
@@ -343,8 +345,10 @@ def _direction(
         two_loop_recursion(g, *mem.buffers, gamma, mem.memory_idx),  # type: ignore[call-arg]
     )
     slope = _vdot(g, direction, dtype)
-    bad = qn.bad_direction(finite_now, gnorm > 0, _all_finite(direction), slope)
-    direction = _where(bad, _scale(-gamma_empty, g), direction)
+    # A non-finite entry of d makes g·d non-finite (inf times 0 is nan), so
+    # the slope's check covers d's.
+    bad = qn.bad_direction(finite_now, gnorm > 0, jnp.isfinite(slope), slope)
+    direction = choose_lazy(bad, lambda: _scale(-gamma_empty, g), direction)
     return direction, mem._replace(
         buffers=(*mem.buffers[:2], _zero_if(bad, mem.buffers[2])),
         num_pairs=jnp.where(bad, 0, mem.num_pairs),

@@ -66,6 +66,18 @@ def choose(ok: jax.Array, new: PyTree, old: PyTree) -> PyTree:
     return jax.tree.unflatten(tdef, out)
 
 
+def choose_lazy(ok: jax.Array, make_new: Any, old: PyTree) -> PyTree:
+    """``make_new()`` if ``ok`` else ``old``, computing ``make_new()`` only when
+    taken on parameter-sized trees (a ``lax.cond``; a select otherwise).
+
+    For rare replacements of a large tree (a fallback direction): a select
+    reads both trees and writes a third every time.
+    """
+    if max((jnp.size(x) for x in jax.tree.leaves(old)), default=0) < COND_SIZE:
+        return select(ok, make_new(), old)
+    return jax.lax.cond(ok, make_new, lambda: old)
+
+
 def inf_norm(tree: PyTree, dtype: Any) -> jax.Array:
     """Return ``max_i |x_i|`` over all leaves, in ``dtype`` (0 for no elements)."""
     norms = [jnp.max(jnp.abs(x)).astype(dtype) for x in jax.tree.leaves(tree) if x.size]

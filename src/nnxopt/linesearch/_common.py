@@ -19,6 +19,7 @@ import optax
 
 from .._memory import placed_zeros, vdot
 from .._status import SearchStatus
+from .._tree import choose
 from ._settings import Settings
 
 _INT = jnp.int32
@@ -174,7 +175,9 @@ def conclude(
             ),
         ),
     )
-    chosen = select(converged, point, select(decreased, best, start))
+    # choose, not select: with a parameter-sized gradient, a conditional hands
+    # on the chosen point's buffers instead of reading all three.
+    chosen = choose(converged, point, choose(decreased, best, start))
     return chosen, status
 
 
