@@ -16,6 +16,7 @@ import optax
 import pytest
 import scipy.optimize
 
+from nnxopt import _memory
 from nnxopt._lbfgs import LbfgsState, lbfgs, two_loop_recursion
 from nnxopt._status import SearchStatus
 from nnxopt._tree import COND_SIZE
@@ -156,8 +157,13 @@ def dense_inverse_hessian(pairs, gamma, n):
     return h
 
 
+# reorder: small memories are put in newest-first order once and scanned;
+# larger ones (above nnxopt._memory.REORDER_SIZE elements) are indexed per pair.
+@pytest.mark.parametrize("reorder", [True, False])
 @pytest.mark.parametrize("num_pairs", [0, 3, 5])
-def test_two_loop_equals_dense_inverse_hessian(num_pairs):
+def test_two_loop_equals_dense_inverse_hessian(num_pairs, reorder, monkeypatch):
+    if not reorder:
+        monkeypatch.setattr(_memory, "REORDER_SIZE", 0)
     m, n, gamma = 5, 7, 0.37
     rng = np.random.default_rng(num_pairs)
     a = rng.normal(size=(n, n))
