@@ -54,18 +54,13 @@ def least_squares(p, X, Y):
     return 0.5 * jnp.mean(jnp.sum(r**2, axis=-1)) + 0.5 * RIDGE * jnp.sum(p["W"] ** 2)
 
 
-def weights_only(W, X, Y):
-    """The ridge loss of a single (large) parameter, no bias."""
-    return least_squares({"W": W, "b": jnp.zeros((), W.dtype)}, X, Y)
-
-
-def closed_form(X, Y, bias=True):
-    """The ridge solution in float64 with NumPy (an independent reference)."""
+def closed_form(X, Y):
+    """The ridge solution (W, b) in float64 with NumPy (an independent reference)."""
     n = X.shape[0]
-    Xa = np.hstack([X, np.ones((n, 1))]) if bias else X
-    reg = np.diag([RIDGE] * X.shape[1] + [0.0] * bias) * n
+    Xa = np.hstack([X, np.ones((n, 1))])
+    reg = np.diag([RIDGE] * X.shape[1] + [0.0]) * n
     sol = np.linalg.solve(Xa.T @ Xa + reg, Xa.T @ Y)
-    return (sol[:-1].T, sol[-1]) if bias else sol.T
+    return sol[:-1].T, sol[-1]
 
 
 def report(name, ref, sol, exact, init_state):
@@ -127,58 +122,107 @@ def main() -> None:
         nnxopt.solve(least_squares, pa, Xb, Yb)
     except ValueError as error:
         out["mesh_error"] = str(error)
-    out.update(dense_and_boxed_cases(X, Y, opts))
+    out.update(mixed_leaves_cases(rng))
     if "nnx" in sys.argv[1:]:
         # 3. minimize and minimize_step on an NNX model sharded like case 2.
         out.update(nnx_cases(mesh, X, Y, exact, ref))
     json.dump(out, sys.stdout)
 
 
-def dense_and_boxed_cases(X, Y, opts):
-    """L-BFGS-B (model parallel on both mesh kinds, data parallel, and
-    unsharded: the reference) and dense BFGS (model parallel on both mesh
-    kinds; the automatic one checked against the closed form only, to save a
-    compile, the explicit one against it too) on one weight matrix W (k x d)
-    without bias: its raveled vector is sharded like W, so L-BFGS-B's (m, n)
-    memory is sharded P(None, "x") and BFGS's n x n matrix P("x", None) (rows
-    like the vector)."""
-    W = closed_form(X, Y, bias=False)
-    W0 = jnp.zeros(W.shape)
+def two_blocks(p, X1, X2, Y):
+    """Ridge regression on two input blocks: 0.5 mean ||X1 W1^T + X2 W2 + b
+    - Y||^2 + RIDGE/2 (||W1||^2 + ||W2||^2), W1 of shape (8, 4), W2 (4, 8):
+    convex (solved in about 15 iterations), and its leaves can be sharded
+    along different axes (W1 on its rows, W2 on its columns) for the same
+    output features."""
+    r = X1 @ p["W1"].T + X2 @ p["W2"] + p["b"] - Y
+    ridge = jnp.sum(p["W1"] ** 2) + jnp.sum(p["W2"] ** 2)
+    return 0.5 * jnp.mean(jnp.sum(r**2, axis=-1)) + 0.5 * RIDGE * ridge
+
+
+def mixed_leaves_cases(rng):
+    """Leaves sharded differently (W1 on its first axis, W2 on its second,
+    b replicated) on an automatic and an explicit mesh, for the default
+    L-BFGS and the solvers that ravel the parameters into one vector
+    (L-BFGS-B without bounds and with bounds given as pytrees placed like the
+    parameters, dense BFGS), each against the same solve unsharded (L-BFGS's
+    and BFGS's explicit-mesh solves against their automatic ones) and the
+    closed form; and L-BFGS-B data parallel (batch-sharded data, replicated
+    parameters, the explicit mesh)."""
+    n, d, k = 64, 4, 8
+    X1, X2 = rng.normal(size=(n, d)), rng.normal(size=(n, d))
+    Y = X1 @ rng.normal(size=(d, k)) + X2 @ rng.normal(size=(d, k))
+    Y = Y + 0.1 * rng.normal(size=(n, k))
+    W, b = closed_form(np.hstack([X1, X2]), Y)
+    exact = {"W1": W[:, :d], "W2": W[:, d:].T, "b": b}
+    p0 = {key: np.zeros(np.shape(v)) for key, v in exact.items()}
+    layout = {"W1": P("x", None), "W2": P(None, "x"), "b": P()}
+    # binds 21 of the 72 entries at the solution (|W| reaches 1.9)
+    box = ({"W1": -1.0, "W2": -1.0, "b": -0.1}, {"W1": 1.0, "W2": 1.0, "b": 0.1})
+    opts = dict(gtol=1e-7, ftol=0.0, maxiter=100)
+
+    def placed(tree, mesh, layout):
+        if mesh is None:
+            return jax.tree.map(jnp.asarray, tree)
+        return {
+            key: jax.device_put(v, NamedSharding(mesh, layout.get(key, P())))
+            for key, v in tree.items()
+        }
+
+    def full(bound):
+        return {key: np.full(np.shape(p0[key]), v) for key, v in bound.items()}
+
     auto = jax.make_mesh((4,), ("x",), axis_types=(AxisType.Auto,))
     explicit = jax.make_mesh((4,), ("x",), axis_types=(AxisType.Explicit,))
-
-    def on(mesh, a, *spec):
-        return jax.device_put(a, NamedSharding(mesh, P(*spec)))
-
-    model = (on(auto, W0, "x", None), on(auto, X), on(auto, Y))
-    data = (on(explicit, W0), on(explicit, X, "x", None), on(explicit, Y, "x", None))
-    model_explicit = (on(explicit, W0, "x", None), on(explicit, X), on(explicit, Y))
-    ref = nnxopt.solve(
-        weights_only, W0, jnp.asarray(X), jnp.asarray(Y), tx=nnxopt.lbfgsb(), **opts
-    )
-    out, sols = {}, {"lbfgsb": ref}
-    for name, tx, inputs, against in (
-        ("lbfgsb_model", nnxopt.lbfgsb(), model, "lbfgsb"),
-        ("lbfgsb_data", nnxopt.lbfgsb(), data, "lbfgsb"),
-        ("lbfgsb_explicit", nnxopt.lbfgsb(), model_explicit, "lbfgsb"),
-        ("bfgs_model", nnxopt.bfgs(), model, None),
-        ("bfgs_explicit", nnxopt.bfgs(), model_explicit, "bfgs_model"),
+    batch = {"X1": P("x", None), "X2": P("x", None), "Y": P("x", None)}
+    out, refs = {}, {}
+    for solver, tx, bounded, where, mesh, lay in (
+        *(
+            (solver, tx, bounded, where, mesh, layout)
+            for solver, tx, bounded in (
+                ("lbfgsb", nnxopt.lbfgsb(), False),
+                ("lbfgsb_box", nnxopt.lbfgsb(), True),
+                ("bfgs", nnxopt.bfgs(), False),
+                ("lbfgs", None, False),
+            )
+            for where, mesh in (("none", None), ("auto", auto), ("explicit", explicit))
+            # L-BFGS and BFGS: the explicit-mesh solve is checked against the
+            # automatic one, and both against the closed form (a compile
+            # fewer each; L-BFGS sharded against unsharded is the cases above)
+            if where != "none" or solver.startswith("lbfgsb")
+        ),
+        ("lbfgsb", nnxopt.lbfgsb(), False, "data", explicit, batch),
     ):
-        init = jax.jit(nnxopt.Solver(weights_only, tx=tx, **opts).init)(*inputs)
-        sol = sols[name] = nnxopt.solve(weights_only, *inputs, tx=tx, **opts)
+        kw = dict(opts, tx=tx)
+        if bounded:
+            kw["bounds"] = tuple(placed(full(b), mesh, lay) for b in box)
+        data = placed({"X1": X1, "X2": X2, "Y": Y}, mesh, lay).values()
+        name = f"mixed_{solver}_{where}"
+        try:
+            sol = nnxopt.solve(two_blocks, placed(p0, mesh, lay), *data, **kw)
+        except Exception as error:  # reported; the parent asserts none
+            out[name] = {"error": f"{type(error).__name__}: {error}"[:2000]}
+            continue
+        if mesh is None or name in ("mixed_lbfgs_auto", "mixed_bfgs_auto"):
+            refs[solver] = sol
+        if mesh is None:
+            continue
+        ref = refs[solver]
         out[name] = {
-            "status": int(sol.status),
-            "err": float(np.max(np.abs(np.asarray(sol.params) - W))),
+            "status": [int(ref.status), int(sol.status)],
+            "nit": [int(ref.nit), int(sol.nit)],
+            "diff": max(  # NumPy: two meshes
+                float(np.max(np.abs(np.asarray(sol.params[key]) - ref.params[key])))
+                for key in p0
+            ),
+            "err": max(
+                float(np.max(np.abs(np.asarray(sol.params[key]) - exact[key])))
+                for key in p0
+            ),
+            "active": int(sum(np.sum(np.abs(v) >= 1.0) for v in ref.params.values())),
             "params": specs(sol.params),
-            "memory_init": memory_specs(init.opt_state),
             "memory_final": memory_specs(sol.state.opt_state),
         }
-        if against is not None:
-            other = sols[against]
-            out[name]["status"] = [int(other.status), int(sol.status)]
-            out[name]["nit"] = [int(other.nit), int(sol.nit)]
-            diff = np.abs(np.asarray(sol.params) - np.asarray(other.params))
-            out[name]["diff"] = float(np.max(diff))  # NumPy: two meshes
     return out
 
 

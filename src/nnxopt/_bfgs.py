@@ -8,12 +8,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from jax.flatten_util import ravel_pytree
 
 from . import _quasi_newton as qn
 from ._broyden import rank_two_update, scaling_parameters
 from ._memory import placed_zeros
-from ._tree import dot, gathered, placed_like
+from ._tree import dot, gathered, placed_like, ravel
 
 _CALL = "nnxopt.bfgs"
 
@@ -241,7 +240,7 @@ def _fold_pair(
     first = num_updates == 0
     gamma = jnp.where(first & pair_ok, gamma, 1).astype(dtype)
     # s·B s: exact for H = gamma I; for a step along -H g it is (s·g)^2 / g·H g.
-    g_prev = ravel_pytree(state.updates)[0].astype(dtype)
+    g_prev = ravel(state.updates)[0].astype(dtype)
     ghg = state.grad_inv_hessian_grad
     sbs = jnp.where(first, ss / gamma, dot(s, g_prev) ** 2 / jnp.where(ghg > 0, ghg, 1))
     # The where keeps a stale H out of the arithmetic when it is not used.
@@ -491,10 +490,11 @@ def _placed_identity(params: Any, dtype: jnp.dtype) -> jax.Array:
     replicated on every device, and moved at the first step to the layout the
     loop gives ``H`` (rows like ``H @ y``, like the flattened vector). Built
     from the vector (see :func:`nnxopt._memory.placed_zeros`), its rows are
-    sharded like it from ``init`` on when the vector is sharded (one sharded
-    parameter), the columns replicated; it is replicated otherwise.
+    sharded like it from ``init`` on when the vector is sharded (see
+    :func:`nnxopt._tree.ravel`), the columns replicated; it is replicated
+    otherwise.
     """
-    flat = ravel_pytree(params)[0].astype(dtype)
+    flat = ravel(params)[0].astype(dtype)
     n = flat.shape[0]
     return placed_zeros(flat, (n,)).T + jnp.eye(n, dtype=dtype)
 
@@ -508,12 +508,12 @@ def _update(
 ) -> tuple[optax.Updates, BfgsState]:
     dtype = state.inv_hessian.dtype
     eps = jnp.finfo(dtype).eps if config.curvature_eps is None else config.curvature_eps
-    flat_g, unravel = ravel_pytree(updates)
+    flat_g, unravel = ravel(updates)
     flat_g = flat_g.astype(dtype)
-    flat_x = ravel_pytree(params)[0].astype(dtype)
-    flat_anchor = ravel_pytree(state.params)[0].astype(dtype)
+    flat_x = ravel(params)[0].astype(dtype)
+    flat_anchor = ravel(state.params)[0].astype(dtype)
     s = flat_x - flat_anchor
-    y = flat_g - ravel_pytree(state.updates)[0].astype(dtype)
+    y = flat_g - ravel(state.updates)[0].astype(dtype)
     finite_now = qn.finite_point(flat_g, args.value)
     fold = _fold_pair(config, state, s, y, (state.count > 0) & finite_now, eps)
     radius = jnp.where(fold.folded, 1, state.radius).astype(dtype)

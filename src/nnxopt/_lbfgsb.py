@@ -31,12 +31,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
-from jax.flatten_util import ravel_pytree
 
 from . import _bounds
 from . import _quasi_newton as qn
 from ._memory import placed_zeros, push
-from ._tree import dot, gathered, pick
+from ._tree import dot, gathered, pick, ravel
 from .linesearch import _common
 from .linesearch._settings import check_settings
 from .linesearch.more_thuente import MoreThuenteState, _search
@@ -344,7 +343,7 @@ class _Config(NamedTuple):
 
 def _init(config: _Config, params: optax.Params) -> LbfgsbState:
     m = config.memory_size
-    flat, _ = ravel_pytree(params)
+    flat, _ = ravel(params)
     # (m, n) zeros placed like the raveled parameters (the memory axis
     # replicated), not on one device: see placed_zeros.
     zeros = placed_zeros(flat, (m,))
@@ -396,8 +395,8 @@ def _update_in_box(
 
 def _inside(params: Any, box: tuple) -> jax.Array:
     """Whether ``params`` is in the box up to rounding (``x + (p - x)``)."""
-    x = ravel_pytree(params)[0]
-    p = ravel_pytree(_bounds.project(params, box))[0]
+    x = ravel(params)[0]
+    p = ravel(_bounds.project(params, box))[0]
     eps = jnp.finfo(x.dtype).eps
     return jnp.all(jnp.abs(p - x) <= 4 * eps * jnp.maximum(jnp.abs(x), 1))
 
@@ -406,8 +405,8 @@ def _memory(state: LbfgsbState, x: jax.Array, g: jax.Array, ok: jax.Array, m: in
     """Store the pair ``(x - x_prev, g - g_prev)`` if it has curvature; reset
     after a failed search. Returns ``(s, y, idx, num_pairs, skipped, reset)``."""
     dtype = x.dtype
-    x_prev, _ = ravel_pytree(state.params)
-    g_prev, _ = ravel_pytree(state.updates)
+    x_prev, _ = ravel(state.params)
+    g_prev, _ = ravel(state.updates)
     s, y = x - x_prev, g - g_prev
     sy, yy, ss = dot(s, y), dot(y, y), dot(s, s)
     measured = (state.count > 0) & ok
@@ -429,10 +428,10 @@ def _update(
     updates: Any, state: LbfgsbState, params: Any, value: Any, grad: Any,
     value_fn: Callable[..., Any], box: tuple, cfg: Any, m: int,
 ) -> tuple[Any, LbfgsbState]:  # fmt: skip
-    x, unravel = ravel_pytree(params)
-    g = ravel_pytree(updates)[0].astype(x.dtype)
-    lo = ravel_pytree(box[0])[0].astype(x.dtype)
-    up = ravel_pytree(box[1])[0].astype(x.dtype)
+    x, unravel = ravel(params)
+    g = ravel(updates)[0].astype(x.dtype)
+    lo = ravel(box[0])[0].astype(x.dtype)
+    up = ravel(box[1])[0].astype(x.dtype)
     ok = qn.finite_point(g, value)
     s_mem, y_mem, idx, num_pairs, skipped, reset = _memory(state, x, g, ok, m)
     age = (jnp.arange(m) - idx) % m
@@ -460,7 +459,7 @@ def _update(
         slope_rtol=cfg.slope_rtol, curv_rtol=cfg.curv_rtol,
     )  # fmt: skip
     new_x = _bounds.project(optax.apply_updates(params, step), box)
-    new_flat = ravel_pytree(new_x)[0]
+    new_flat = ravel(new_x)[0]
     step = optax.tree.cast_like(optax.tree.sub(new_x, params), params)
     info = state.lbfgsb_info
     new_state = LbfgsbState(

@@ -46,6 +46,29 @@ def check_placement(call: str, params: Any, dynamic: Any) -> None:
                 )
 
 
+def placed_as_given(out: Any, given: Any) -> Any:
+    """``out`` (a solution's parameters) with every leaf placed as the same
+    leaf of ``given`` (the parameters the solve was given), where both are
+    concrete arrays of one shape and ``given``'s has a ``NamedSharding``.
+
+    On an automatic mesh the compiler chooses the layout of the loop's
+    outputs: a replicated bias added to a sharded activation came back
+    sharded like it. A leaf already placed as given is returned as is (no
+    copy); under ``jit``/``vmap`` the compiler decides.
+    """
+    if jax.tree.structure(out) != jax.tree.structure(given):
+        return out
+
+    def leaf(o: Any, g: Any) -> Any:
+        if not (_placed(o) and _placed(g) and isinstance(g.sharding, NamedSharding)):
+            return o
+        if o.shape != g.shape or o.sharding.is_equivalent_to(g.sharding, o.ndim):
+            return o
+        return jax.device_put(o, g.sharding)
+
+    return jax.tree.map(leaf, out, given)
+
+
 def _placed(x: Any) -> bool:
     """A concrete array (tracers under ``jit``/``vmap`` have no sharding)."""
     return isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer)

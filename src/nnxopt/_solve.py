@@ -17,7 +17,7 @@ import optax
 from . import _batch, _bounds, _implicit, _loop
 from ._loop import MinimizeHistory, MinimizeInfo
 from ._runner import CONTINUE, FRESH, RESUME, Runner, compiled_run, signature
-from ._sharding import check_placement
+from ._sharding import check_placement, placed_as_given
 from ._solver import (
     DEFAULT_MAXFEV,
     DEFAULT_MAXITER,
@@ -328,6 +328,7 @@ def launch(
                     *first, dynamic, limits, np.int32(_loop.NO_LIMIT), run_id
                 )
         state, history, (x, written, fun, gnorm, aux, nfev, success, counts) = out
+        x = placed_as_given(x, params)
         solution = Solution(
             params=x, state=state, fun=fun, grad_norm=gnorm, nit=state.nit,
             nfev=nfev, njev=state.njev, success=success, status=state.status,

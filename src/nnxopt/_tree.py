@@ -8,6 +8,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -143,6 +145,64 @@ def vdot(a: PyTree, b: PyTree) -> jax.Array:
 def pick(x: jax.Array, i: jax.Array) -> jax.Array:
     """``x[i]`` along the first axis (possibly sharded), replicated."""
     return x.at[jnp.asarray(i)[None]].get(out_sharding=replicated(x))[0]
+
+
+def ravel(tree: PyTree) -> tuple[jax.Array, Any]:
+    """``jax.flatten_util.ravel_pytree(tree)``, valid on an explicit mesh.
+
+    On an explicit mesh a leaf sharded other than along its first axis (a
+    matrix sharded on its columns) cannot be reshaped to a vector without an
+    output sharding, and leaves raveled to different shardings cannot be
+    concatenated: there each leaf is reshaped to the vector's sharding (see
+    :func:`_flat_sharding`) and ``unravel`` gives every leaf its own sharding
+    back. Otherwise (no mesh, an automatic mesh, replicated leaves) it is
+    ``ravel_pytree`` itself.
+
+    Returns:
+        ``(flat, unravel)`` as ``ravel_pytree`` returns them.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    where = _flat_sharding(leaves)
+    if where is None:
+        return ravel_pytree(tree)
+    flat, unravel_list = ravel_pytree(
+        [jnp.reshape(x, (-1,), out_sharding=where) for x in leaves]
+    )
+    layouts = [(jnp.shape(x), jax.typeof(x).sharding) for x in leaves]
+
+    def unravel(v: jax.Array) -> PyTree:
+        parts = unravel_list(v)
+        return jax.tree.unflatten(
+            treedef,
+            [
+                jnp.reshape(part, shape, out_sharding=sharding)
+                for part, (shape, sharding) in zip(parts, layouts, strict=True)
+            ],
+        )
+
+    return flat, unravel
+
+
+def _flat_sharding(leaves: list) -> NamedSharding | None:
+    """The sharding of the raveled vector of ``leaves`` on an explicit mesh:
+    along every explicit mesh axis that shards some leaf when each leaf's
+    size divides evenly over them (a leaf sharded on its first axis then
+    ravels in place), replicated otherwise; ``None`` when no leaf is sharded
+    over an explicit axis (``ravel_pytree`` needs no help)."""
+    mesh, axes = None, []
+    for x in leaves:
+        sharding = jax.typeof(x).sharding
+        explicit = set(sharding.mesh.explicit_axes) if not sharding.mesh.empty else ()
+        for entry in sharding.spec:
+            for name in (entry,) if isinstance(entry, str) else entry or ():
+                if name in explicit and name not in axes:
+                    mesh = sharding.mesh
+                    axes.append(name)
+    if mesh is None:
+        return None
+    count = int(np.prod([mesh.shape[name] for name in axes]))
+    even = all(np.size(x) % count == 0 for x in leaves)
+    return NamedSharding(mesh, P(tuple(axes)) if even else P())
 
 
 def cast_like(tree: PyTree, like: PyTree) -> PyTree:
