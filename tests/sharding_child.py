@@ -123,6 +123,7 @@ def main() -> None:
     except ValueError as error:
         out["mesh_error"] = str(error)
     out.update(mixed_leaves_cases(rng))
+    out.update(implicit_case(X, Y))
     if "nnx" in sys.argv[1:]:
         # 3. minimize and minimize_step on an NNX model sharded like case 2.
         out.update(nnx_cases(mesh, X, Y, exact, ref))
@@ -224,6 +225,34 @@ def mixed_leaves_cases(rng):
             "memory_final": memory_specs(sol.state.opt_state),
         }
     return out
+
+
+def implicit_case(X, Y):
+    """d sum(W*) / d lam of a ridge fit, W sharded on its first axis on an
+    explicit mesh, against the same derivative unsharded (implicit function
+    theorem, CG on Hessian-vector products: sharded inner products)."""
+
+    def ridge(p, X, Y, lam):
+        return least_squares(p, X, Y) + 0.5 * lam * jnp.sum(p["W"] ** 2)
+
+    p0 = {"W": jnp.zeros((Y.shape[1], X.shape[1])), "b": jnp.zeros((Y.shape[1],))}
+    opts = dict(gtol=1e-10, ftol=0.0, maxiter=200)
+
+    def total(p, X, Y, lam):
+        return jnp.sum(nnxopt.solve(ridge, p, X, Y, lam, **opts).params["W"])
+
+    lam = jnp.asarray(0.3)
+    ref = jax.grad(total, argnums=3)(p0, jnp.asarray(X), jnp.asarray(Y), lam)
+    mesh = jax.make_mesh((4,), ("x",), axis_types=(AxisType.Explicit,))
+    ps = {
+        "W": jax.device_put(p0["W"], NamedSharding(mesh, P("x", None))),
+        "b": jax.device_put(p0["b"], NamedSharding(mesh, P())),
+    }
+    Xr, Yr = (jax.device_put(a, NamedSharding(mesh, P())) for a in (X, Y))
+    lam_r = jax.device_put(lam, NamedSharding(mesh, P()))
+    with jax.set_mesh(mesh):  # JAX's rule for explicit meshes under jit
+        got = jax.grad(total, argnums=3)(ps, Xr, Yr, lam_r)
+    return {"implicit_explicit": {"ref": float(ref), "got": float(got)}}
 
 
 def nnx_cases(mesh, X, Y, exact, ref):

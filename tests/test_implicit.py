@@ -53,6 +53,32 @@ def test_ridge_derivative_matches_closed_form():
     np.testing.assert_allclose(reverse, want, rtol=0, atol=1e-8)
 
 
+def test_a_leaf_whose_gradient_ignores_the_hyperparameter():
+    """An unpenalised bias: its gradient does not depend on lambda, so its
+    part of the right-hand side is a constant zero (reverse mode failed on it
+    inside JAX's custom_linear_solve transpose)."""
+
+    def loss(p, x, y, lam):
+        r = x @ p["w"] + p["b"] - y
+        return 0.5 * jnp.sum(r**2) + 0.5 * lam * jnp.sum(p["w"] ** 2)
+
+    def total(lam):
+        p0 = {"w": jnp.zeros(5), "b": jnp.zeros(())}
+        p = solve(loss, p0, X, Y, lam, **TIGHT).params
+        return jnp.sum(p["w"]) + p["b"]
+
+    lam = 0.7
+    # Closed form: centre the data; w* = (Xc'Xc + lam I)^{-1} Xc'Yc and
+    # b* = mean(y) - mean(x)·w*, so dw/dlam = -(Xc'Xc + lam I)^{-1} w* and
+    # db/dlam = -mean(x)·dw/dlam.
+    xc = np.asarray(X) - np.asarray(X).mean(0)
+    yc = np.asarray(Y) - np.asarray(Y).mean()
+    a = xc.T @ xc + lam * np.eye(5)
+    dw = -np.linalg.solve(a, np.linalg.solve(a, xc.T @ yc))
+    want = dw.sum() - np.asarray(X).mean(0) @ dw
+    np.testing.assert_allclose(jax.grad(total)(jnp.asarray(lam)), want, atol=1e-8)
+
+
 def test_nnx_recipe_split_solve_merge_matches_closed_form():
     """The guide's recipe for NNX models (docs/batched_and_implicit.md)."""
     from flax import nnx

@@ -162,6 +162,15 @@ def test_sharded_minimize_and_minimize_step():
     assert r["err"] <= 1e-5
 
 
+def test_implicit_derivative_on_an_explicit_mesh():
+    # d sum(W*) / d lam (ridge), W sharded on its first axis on an explicit
+    # mesh, against the unsharded derivative: both solve to gtol = 1e-10 and
+    # then run CG to its own tolerance; only summation orders differ, so
+    # agreement to 1e-6 relative leaves room for the CG's stopping point.
+    r = _run()["implicit_explicit"]
+    assert r["got"] == pytest.approx(r["ref"], rel=1e-6)
+
+
 def test_different_meshes_error():
     message = _run()["mesh_error"]
     assert message.startswith("nnxopt.solve: params['W'] and args[0]")

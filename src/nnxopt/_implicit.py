@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import _tree
 from ._objective import unpack_loss
 from ._tree import combine
 
@@ -215,7 +216,12 @@ def _identity_jvp(problem: _Problem, primals: tuple, tangents: tuple) -> tuple:
 
     # b = -(d grad_x f / d theta) theta_dot: the right-hand side.
     _, cross = jax.jvp(lambda th: grad_x(x, th), (theta,), (theta_dot,))
-    rhs = jax.tree.map(jnp.negative, cross)
+    # A leaf whose gradient does not depend on theta (a bias, under a penalty
+    # on the weights only) gets a constant zero here, and reverse mode
+    # (custom_linear_solve's transpose) needs every leaf linear in theta_dot:
+    # add a zero that is.
+    link = sum((jnp.sum(jnp.real(t)) for t in jax.tree.leaves(theta_dot)), 0.0)
+    rhs = jax.tree.map(lambda c: -c + (0 * link).astype(jnp.result_type(c)), cross)
 
     def hvp(v: PyTree) -> PyTree:
         return jax.jvp(lambda xx: grad_x(xx, theta), (x,), (v,))[1]
@@ -239,8 +245,9 @@ def _identity_jvp(problem: _Problem, primals: tuple, tangents: tuple) -> tuple:
 
 
 def _vdot(a: PyTree, b: PyTree) -> jax.Array:
-    parts = [jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))]
-    return jnp.sum(jnp.stack(parts))
+    # nnxopt._tree.vdot: valid on an explicit mesh with sharded leaves (a
+    # raveling jnp.vdot is not), the same inner product the solvers use.
+    return _tree.vdot(a, b)
 
 
 def _axpy(alpha: jax.Array, x: PyTree, y: PyTree) -> PyTree:
