@@ -220,7 +220,9 @@ def _identity_jvp(problem: _Problem, primals: tuple, tangents: tuple) -> tuple:
     # on the weights only) gets a constant zero here, and reverse mode
     # (custom_linear_solve's transpose) needs every leaf linear in theta_dot:
     # add a zero that is.
-    link = sum((jnp.sum(jnp.real(t)) for t in jax.tree.leaves(theta_dot)), 0.0)
+    link = jnp.asarray(
+        sum((jnp.sum(jnp.real(t)) for t in jax.tree.leaves(theta_dot)), 0.0)
+    )
     rhs = jax.tree.map(lambda c: -c + (0 * link).astype(jnp.result_type(c)), cross)
 
     def hvp(v: PyTree) -> PyTree:
