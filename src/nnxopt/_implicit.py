@@ -246,12 +246,6 @@ def _identity_jvp(problem: _Problem, primals: tuple, tangents: tuple) -> tuple:
     return (x, f, aux), (v, f_dot.astype(jnp.result_type(f)), aux_dot)
 
 
-def _vdot(a: PyTree, b: PyTree) -> jax.Array:
-    # nnxopt._tree.vdot: valid on an explicit mesh with sharded leaves (a
-    # raveling jnp.vdot is not), the same inner product the solvers use.
-    return _tree.vdot(a, b)
-
-
 def _axpy(alpha: jax.Array, x: PyTree, y: PyTree) -> PyTree:
     return jax.tree.map(lambda xi, yi: (alpha * xi + yi).astype(yi.dtype), x, y)
 
@@ -269,7 +263,7 @@ def _cg(
     Stops at ``|r| <= tol |b|``, after ``maxiter`` iterations, or on a
     direction of non-positive curvature (keeping the iterate before it).
     """
-    rr0 = _vdot(b, b)
+    rr0 = _tree.vdot(b, b)
     stop = (tol**2) * rr0
 
     def cond(c: tuple) -> jax.Array:
@@ -279,12 +273,12 @@ def _cg(
     def body(c: tuple) -> tuple:
         x, r, p, rr, k, _ = c
         ap = matvec(p)
-        pap = _vdot(p, ap)
+        pap = _tree.vdot(p, ap)
         bad = ~(pap > 0)
         alpha = jnp.where(bad, 0.0, rr / jnp.where(bad, 1.0, pap))
         x = _axpy(alpha, p, x)
         r = _axpy(-alpha, ap, r)
-        rr_new = _vdot(r, r)
+        rr_new = _tree.vdot(r, r)
         beta = rr_new / jnp.where(rr > 0, rr, 1.0)
         p = _axpy(beta, p, r)
         return x, r, p, jnp.where(bad, rr, rr_new), k + 1, bad

@@ -26,7 +26,7 @@ import optax
 
 from ._memory import scale, where
 from ._status import SearchStatus
-from ._tree import all_finite, choose
+from ._tree import all_finite, choose_lazy
 from .linesearch._common import missing_names
 
 # Recovery from a non-finite trial point: the step is shrunk by this factor; at
@@ -264,7 +264,7 @@ def search_along(
     step = optax.tree.cast_like(step, params)
     # A line search that returns a non-finite step makes no step; the next
     # update then sees no progress and resets the memory.
-    step = choose(all_finite(step), step, optax.tree.zeros_like(step))
+    step = choose_lazy(~all_finite(step), lambda: optax.tree.zeros_like(step), step)
     return step, state._replace(linesearch_state=strong(ls_state))
 
 
