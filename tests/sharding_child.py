@@ -16,6 +16,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import nnxopt
+from nnxopt import _compact
 
 RIDGE = 1e-2
 
@@ -177,6 +178,7 @@ def mixed_leaves_cases(rng):
     explicit = jax.make_mesh((4,), ("x",), axis_types=(AxisType.Explicit,))
     batch = {"X1": P("x", None), "X2": P("x", None), "Y": P("x", None)}
     out, refs = {}, {}
+    compact_size = _compact.COMPACT_SIZE
     for solver, tx, bounded, where, mesh, lay in (
         *(
             (solver, tx, bounded, where, mesh, layout)
@@ -185,6 +187,9 @@ def mixed_leaves_cases(rng):
                 ("lbfgsb_box", nnxopt.lbfgsb(), True),
                 ("bfgs", nnxopt.bfgs(), False),
                 ("lbfgs", None, False),
+                # the compact form (used for memories above COMPACT_SIZE
+                # elements, made 0 for it; memory_size=9 keys its own compile)
+                ("lbfgs_compact", nnxopt.lbfgs(memory_size=9), False),
             )
             for where, mesh in (("none", None), ("auto", auto), ("explicit", explicit))
             # L-BFGS and BFGS: the explicit-mesh solve is checked against the
@@ -199,12 +204,17 @@ def mixed_leaves_cases(rng):
             kw["bounds"] = tuple(placed(full(b), mesh, lay) for b in box)
         data = placed({"X1": X1, "X2": X2, "Y": Y}, mesh, lay).values()
         name = f"mixed_{solver}_{where}"
+        _compact.COMPACT_SIZE = 0 if solver == "lbfgs_compact" else compact_size
         try:
             sol = nnxopt.solve(two_blocks, placed(p0, mesh, lay), *data, **kw)
         except Exception as error:  # reported; the parent asserts none
             out[name] = {"error": f"{type(error).__name__}: {error}"[:2000]}
             continue
-        if mesh is None or name in ("mixed_lbfgs_auto", "mixed_bfgs_auto"):
+        finally:
+            _compact.COMPACT_SIZE = compact_size
+        if mesh is None or (
+            where == "auto" and solver in ("lbfgs", "lbfgs_compact", "bfgs")
+        ):
             refs[solver] = sol
         if mesh is None:
             continue
@@ -223,6 +233,7 @@ def mixed_leaves_cases(rng):
             "active": int(sum(np.sum(np.abs(v) >= 1.0) for v in ref.params.values())),
             "params": specs(sol.params),
             "memory_final": memory_specs(sol.state.opt_state),
+            "compact": getattr(sol.state.opt_state, "gram_memory", None) is not None,
         }
     return out
 

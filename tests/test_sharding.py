@@ -88,12 +88,15 @@ MIXED_EXACT = 1e-5
 W1_W2_B = {"['W1']": ["x", None], "['W2']": [None, "x"], "['b']": [None]}
 
 
-@pytest.mark.parametrize("solver", ["lbfgs", "lbfgsb", "lbfgsb_box", "bfgs"])
+@pytest.mark.parametrize(
+    "solver", ["lbfgs", "lbfgs_compact", "lbfgsb", "lbfgsb_box", "bfgs"]
+)
 @pytest.mark.parametrize("mesh", ["auto", "explicit"])
 def test_differently_sharded_leaves(solver, mesh):
     """W1 sharded on its rows, W2 on its columns, b replicated: the solvers
     that ravel the parameters into one vector (L-BFGS-B, BFGS) and L-BFGS
-    (leaf-wise) run on both mesh kinds, solve as unsharded (round-off of the
+    (leaf-wise; also in the compact form of large memories, forced here) run
+    on both mesh kinds, solve as unsharded (round-off of the
     sums only, as above; for L-BFGS and BFGS the explicit-mesh solve is
     compared with the automatic one, which the closed form checks) and give
     every leaf back as it was placed (b replicated on the automatic mesh
@@ -109,7 +112,8 @@ def test_differently_sharded_leaves(solver, mesh):
         assert r["err"] <= MIXED_EXACT
     _expect(r["params"], W1_W2_B)
     memory = dict(r["memory_final"])
-    if solver == "lbfgs":
+    assert r["compact"] == (solver == "lbfgs_compact")
+    if solver in ("lbfgs", "lbfgs_compact"):
         # a buffer per leaf, sharded like it (b's may follow the compiler's
         # choice on the automatic mesh)
         _expect(

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from . import _compact
 from . import _quasi_newton as qn
 from ._memory import new_memory, placed_zeros, push, two_loop_recursion
 from ._memory import scale as _scale
@@ -58,6 +59,11 @@ class LbfgsState(NamedTuple):
             ``memory_size``; unused slots are zero.
         diff_updates_memory: stacked ``y_i = g_{i+1} - g_i``, same layout.
         weights_memory: ``rho_i = 1 / (s_i·y_i)``, zero in unused slots.
+        gram_memory: ``[S'Y, Y'Y]`` by slot, shape ``(2, m, m)``, for a memory
+            of more than ``2**16`` elements (``m`` times the parameters), which
+            applies ``H`` in the compact form; ``None`` otherwise.
+        anchor_products: ``[S'g, Y'g]`` at ``params`` (``g = updates``), shape
+            ``(2, m)`` with the compact form; ``None`` otherwise.
         memory_idx: slot the next pair is written to (``int32``).
         num_pairs: number of stored pairs, at most ``memory_size`` (``int32``).
         radius: largest length of the unit step while the memory is empty (1, or
@@ -80,6 +86,8 @@ class LbfgsState(NamedTuple):
     diff_params_memory: optax.Updates
     diff_updates_memory: optax.Updates
     weights_memory: jax.Array
+    gram_memory: jax.Array | None
+    anchor_products: jax.Array | None
     memory_idx: jax.Array
     num_pairs: jax.Array
     radius: jax.Array
@@ -132,12 +140,15 @@ def lbfgs(
     1. The pair ``s = x_k - x_{k-1}``, ``y = g_k - g_{k-1}`` is stored only if it
        is finite and ``s·y > eps·y·y`` (``optax.lbfgs`` stores every pair, so a
        non-convex step can make its direction an ascent one).
-    2. The direction is ``d = -H_k g_k`` (two-loop recursion) with ``H_k^0 =
-       gamma I``, ``gamma = s·y / y·y`` from the newest stored pair. With an
+    2. The direction is ``d = -H_k g_k`` with ``H_k^0 = gamma I``, ``gamma = s·y / y·y`` from the newest stored pair. With an
        empty memory (first step, after a reset) ``gamma = min(1, 1/||g||)``: the
        unit trial step has length at most 1. If ``d`` is non-finite or not a
        descent direction (``g·d >= 0``) the memory is reset and that scaled
-       ``-g`` is used instead.
+       ``-g`` is used instead. ``H_k g_k`` comes from the two-loop recursion,
+       or, for a memory of more than ``2**16`` elements (``memory_size``
+       times the parameters), from the compact form (same matrix, about half
+       the passes over the parameters; its small Gram matrices are kept in
+       the state).
     3. The line search scales ``d``, its first trial being the unit step. The
        memory is reset when the previous search reports ``NOT_DESCENT``,
        ``LINESEARCH_FAILED`` or ``NON_FINITE`` in a ``status`` field, or made no
@@ -200,6 +211,10 @@ def lbfgs(
 
         Byrd, Lu, Nocedal & Zhu, A limited memory algorithm for bound constrained
         optimization, SIAM J. Sci. Comput. 16 (1995) (the skip test).
+
+        Byrd, Nocedal & Schnabel, Representations of quasi-Newton matrices and
+        their use in limited memory methods, Mathematical Programming 63 (1994)
+        (the compact form).
     """
 
     _check_arguments(memory_size, curvature_eps, learning_rate, linesearch)
@@ -257,6 +272,9 @@ def _init(config: _Config, params: optax.Params) -> LbfgsState:
     dtype = _real_dtype(params)
     m = config.memory_size
     stacked = new_memory(params, m)
+    gram, anchor = (
+        _compact.new_gram(m, dtype) if _compact.enabled(params, m) else (None, None)
+    )
     int0 = jnp.zeros((), jnp.int32)
     return LbfgsState(
         count=int0,
@@ -265,6 +283,8 @@ def _init(config: _Config, params: optax.Params) -> LbfgsState:
         diff_params_memory=stacked,
         diff_updates_memory=stacked,
         weights_memory=jnp.zeros((m,), dtype),
+        gram_memory=gram,
+        anchor_products=anchor,
         memory_idx=int0,
         num_pairs=int0,
         radius=jnp.ones((), dtype),
@@ -283,6 +303,10 @@ class _Memory(NamedTuple):
     radius: jax.Array
     skipped: jax.Array
     reset: jax.Array
+    slot: jax.Array  # where the pair went, if stored
+    stored: jax.Array
+    sy: jax.Array
+    yy: jax.Array
 
 
 def _store_pair(
@@ -316,13 +340,68 @@ def _store_pair(
         buffers, (s, y, rho), pair_ok, state.memory_idx, num_pairs, m
     )
     radius = jnp.where(pair_ok, jnp.ones_like(state.radius), state.radius)
-    return _Memory(buffers, memory_idx, num_pairs, radius, measured & ~pair_ok, reset)
+    return _Memory(
+        buffers, memory_idx, num_pairs, radius, measured & ~pair_ok, reset,
+        slot=state.memory_idx, stored=pair_ok, sy=sy, yy=yy,
+    )  # fmt: skip
+
+
+class _Gram(NamedTuple):
+    """The compact form's Gram matrices and products (``None`` without it)."""
+
+    gram: jax.Array | None
+    products: jax.Array | None
+
+
+def _compact_direction(
+    config: _Config,
+    g: optax.Updates,
+    mem: _Memory,
+    matrices: jax.Array,
+    prev: jax.Array,
+    gamma_empty: jax.Array,
+) -> tuple[optax.Updates, _Gram]:
+    """``H g`` in the compact form, with the Gram matrices after this
+    update's pair (see ``nnxopt._compact``).
+
+    In a ``lax.cond`` (on a non-empty memory): XLA would otherwise fuse the
+    write of the new pair into each product's read of the buffers as well as
+    into the state, and copy the O(m n) buffers every iteration.
+    """
+    dtype = mem.buffers[2].dtype
+
+    def full(pairs: tuple[Any, Any], g: optax.Updates, matrices: jax.Array) -> Any:
+        now = _compact.products(pairs, g, dtype)
+        matrices = _compact.refresh(
+            matrices, prev, now, mem.slot, mem.stored, mem.sy, mem.yy
+        )
+        if config.scale_init_precond:
+            sy_l, yy_l = _compact.newest_products(matrices, mem.memory_idx)
+            gamma = sy_l / jnp.where(yy_l > 0, yy_l, 1)
+        else:
+            gamma = jnp.ones((), dtype)
+        h_g = _compact.apply(
+            g, pairs, mem.buffers[2], matrices, now, gamma, mem.memory_idx
+        )
+        return h_g, _Gram(matrices, now)
+
+    def empty(pairs: tuple[Any, Any], g: optax.Updates, matrices: jax.Array) -> Any:
+        # No stored pair: the Gram matrices are unused, and the products
+        # (zeros) enter only entries of pairs stored before a reset.
+        return _scale(gamma_empty, g), _Gram(matrices, jnp.zeros_like(prev))
+
+    return jax.lax.cond(mem.num_pairs > 0, full, empty, mem.buffers[:2], g, matrices)
 
 
 def _direction(
-    config: _Config, g: optax.Updates, mem: _Memory, finite_now: jax.Array
-) -> tuple[optax.Updates, _Memory]:
-    """``d = -H g`` (two-loop recursion), or the scaled ``-g``, with its safeguard.
+    config: _Config,
+    g: optax.Updates,
+    mem: _Memory,
+    finite_now: jax.Array,
+    state: LbfgsState,
+) -> tuple[optax.Updates, _Memory, _Gram]:
+    """``d = -H g`` (two-loop recursion or compact form), or the scaled
+    ``-g``, with its safeguard.
 
     A non-finite or non-descent ``d`` resets the memory (``mem`` returned with
     it discarded) and falls back to the scaled ``-g``.
@@ -332,28 +411,33 @@ def _direction(
     gamma_empty = qn.first_step_scale(
         mem.radius, gnorm, config.scale_init_precond, dtype
     )
-    if config.scale_init_precond:
-        sy_l, yy_l = _newest_products(
-            mem.buffers[:2], mem.memory_idx, mem.num_pairs, dtype
+    gram = _Gram(state.gram_memory, state.anchor_products)
+    if state.gram_memory is not None and state.anchor_products is not None:
+        h_g, gram = _compact_direction(
+            config, g, mem, state.gram_memory, state.anchor_products, gamma_empty
         )
-        gamma_pairs = sy_l / jnp.where(yy_l > 0, yy_l, 1)
     else:
-        gamma_pairs = jnp.ones((), dtype)
-    gamma = jnp.where(mem.num_pairs > 0, gamma_pairs, gamma_empty)
-    direction = _scale(
-        -1,
-        two_loop_recursion(g, *mem.buffers, gamma, mem.memory_idx),  # type: ignore[call-arg]
-    )
+        if config.scale_init_precond:
+            sy_l, yy_l = _newest_products(
+                mem.buffers[:2], mem.memory_idx, mem.num_pairs, dtype
+            )
+            gamma_pairs = sy_l / jnp.where(yy_l > 0, yy_l, 1)
+        else:
+            gamma_pairs = jnp.ones((), dtype)
+        gamma = jnp.where(mem.num_pairs > 0, gamma_pairs, gamma_empty)
+        h_g = two_loop_recursion(g, *mem.buffers, gamma, mem.memory_idx)  # type: ignore[call-arg]
+    direction = _scale(-1, h_g)
     slope = _vdot(g, direction, dtype)
     # A non-finite entry of d makes g·d non-finite (inf times 0 is nan), so
     # the slope's check covers d's.
     bad = qn.bad_direction(finite_now, gnorm > 0, jnp.isfinite(slope), slope)
     direction = choose_lazy(bad, lambda: _scale(-gamma_empty, g), direction)
-    return direction, mem._replace(
+    mem = mem._replace(
         buffers=(*mem.buffers[:2], _zero_if(bad, mem.buffers[2])),
         num_pairs=jnp.where(bad, 0, mem.num_pairs),
         reset=mem.reset | bad,
     )
+    return direction, mem, gram
 
 
 def _update(
@@ -372,7 +456,7 @@ def _update(
     y = optax.tree.sub(g, state.updates)
     ss = _vdot(s, s, dtype)
     mem = _store_pair(config, state, s, y, finite_now, ss)
-    direction, mem = _direction(config, g, mem, finite_now)
+    direction, mem, gram = _direction(config, g, mem, finite_now, state)
     accepted = LbfgsState(
         count=optax.safe_increment(state.count),
         params=params,
@@ -380,6 +464,8 @@ def _update(
         diff_params_memory=mem.buffers[0],
         diff_updates_memory=mem.buffers[1],
         weights_memory=mem.buffers[2],
+        gram_memory=gram.gram,
+        anchor_products=gram.products,
         memory_idx=mem.memory_idx,
         num_pairs=mem.num_pairs,
         radius=mem.radius,
