@@ -7,6 +7,7 @@ step, scipy L-BFGS-B evaluation counts, closed-form secant pairs.
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any, NamedTuple
 
 import jax
@@ -16,6 +17,7 @@ import optax
 import pytest
 import scipy.optimize
 
+import nnxopt
 from nnxopt import _compact, _memory
 from nnxopt._lbfgs import LbfgsState, lbfgs, two_loop_recursion
 from nnxopt._status import SearchStatus
@@ -316,6 +318,66 @@ def test_compact_form_takes_the_two_loop_iterates(monkeypatch):
     assert st_cmp[-1].gram_memory.shape == (2, 10, 10)
     assert len(xs_cmp) == len(xs_two) > 20
     np.testing.assert_allclose(np.stack(xs_cmp), np.stack(xs_two), rtol=1e-9, atol=0)
+
+
+def _loop_body_copies(hlo: str, shapes: tuple[str, ...]) -> list[str]:
+    """The ``copy`` instructions of arrays of ``shapes`` in the computations
+    that run every iteration: the bodies (and conditions) of the compiled
+    program's while loops and whatever they call, fusions excluded."""
+    calls = re.compile(r"(?:body|condition|to_apply|calls)=(%[\w.\-]+)")
+    branches = re.compile(r"branch_computations=\{([^}]*)\}")
+    comps: dict[str, list[str]] = {}
+    name = None
+    for line in hlo.splitlines():
+        head = re.match(r"^(?:ENTRY )?(%[\w.\-]+) ", line)
+        if head and line.rstrip().endswith("{"):
+            name = head.group(1)
+            comps[name] = []
+        elif name is not None:
+            comps[name].append(line)
+    callees = {
+        k: {c for ln in v for c in calls.findall(ln)}
+        | {c.strip() for ln in v for b in branches.findall(ln) for c in b.split(",")}
+        for k, v in comps.items()
+    }
+    todo = [
+        b
+        for v in comps.values()
+        for ln in v
+        for b in re.findall(r"body=(%[\w.\-]+)", ln)
+    ]
+    seen: set[str] = set()
+    while todo:
+        k = todo.pop()
+        if k not in seen and k in comps:
+            seen.add(k)
+            todo.extend(callees[k])
+    return [
+        ln.strip()
+        for k in seen
+        for ln in comps[k]
+        if " copy(" in ln and any(f"{shape}{{" in ln for shape in shapes)
+    ]
+
+
+@pytest.mark.parametrize("compact", [True, False])
+def test_memory_buffers_are_never_copied_in_the_loop(compact, monkeypatch):
+    # The O(m n) pair buffers are written in place: a copy per iteration
+    # would double the memory traffic of a large solve. XLA has copied them
+    # when a read of the buffers was fused with the write of the new pair
+    # (the compact form's products, the newest pair's products); the compiled
+    # loop of a small solve shows the same structure as a large one.
+    if not compact:  # the two-loop recursion, pair by pair (large memories)
+        monkeypatch.setattr(_compact, "COMPACT_SIZE", 10**9)
+        monkeypatch.setattr(_memory, "REORDER_SIZE", 0)
+    params = {"w": jnp.zeros((100, 700), jnp.float32), "b": jnp.zeros(300, jnp.float32)}
+    f = lambda p: jnp.sum((p["w"] - 1) ** 2) + jnp.sum(jnp.cos(p["b"]))  # noqa: E731
+    run = jax.jit(lambda p: nnxopt.solve(f, p, maxiter=5, tx=lbfgs(memory_size=9)))
+    hlo = run.lower(params).compile().as_text()
+    shapes = ("f32[9,100,700]", "f32[9,300]")
+    assert any(shape in hlo for shape in shapes)
+    assert _loop_body_copies(hlo, shapes) == []
+    assert ("f32[2,9,9]" in hlo) == compact  # the Gram matrices
 
 
 # --- against optax.lbfgs, scipy ----------------------------------------------------
