@@ -104,6 +104,50 @@ def test_members_stop_at_their_own_convergence(batch):
     assert np.all(np.isfinite(np.asarray(sol.params[:72])))
 
 
+def test_batch_stages_give_each_member_the_same_solve(batch):
+    # Two stages: the 74 members run until at most 37 still run, which go on
+    # gathered into a batch of 37. b and c are captured by fun's closure here
+    # (values the stages must gather too), a passed as an argument. Measured
+    # bit-identical to the one-stage batch; the tolerances are the batch's own
+    # (another CPU may compile the smaller batch's products differently).
+    members, sol = batch
+
+    def staged(x0, a, b, c):
+        return solve(lambda x, a: family(x, a, b, c), x0, a, batch_stages=2)
+
+    batched = jax.jit(jax.vmap(staged))
+    assert "37x6xf64" in batched.lower(*members).as_text()  # the second stage
+    got = batched(*members)
+    for field in ("nit", "nfev", "njev", "status"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(sol, field))
+    np.testing.assert_array_equal(got.history.nfev, sol.history.nfev)
+    for i, atol in ((slice(0, 64), BATCH_ATOL), (slice(64, 74), ROSEN_ATOL)):
+        np.testing.assert_allclose(got.params[i], sol.params[i], rtol=0, atol=atol)
+        np.testing.assert_allclose(got.fun[i], sol.fun[i], rtol=1e-9, atol=atol)
+    np.testing.assert_allclose(
+        got.history.value[:64], sol.history.value[:64], rtol=1e-9, atol=BATCH_ATOL
+    )
+    # the second stage ran: over half the members needed fewer steps
+    nit = np.asarray(sol.nit)
+    assert np.sort(nit)[-37] < nit.max()
+    # unbatched, batch_stages changes nothing (the same loop, bit for bit)
+    one, alone_jit = jax.jit(lambda *m: solve(family, *m, batch_stages=3)), jax.jit(run)
+    for i in (0, 70, 72):
+        alone = alone_jit(*(m[i] for m in members))
+        staged_one = one(*(m[i] for m in members))
+        assert int(staged_one.nit) == int(alone.nit)
+        np.testing.assert_array_equal(staged_one.params, alone.params)
+        np.testing.assert_array_equal(staged_one.history.value, alone.history.value)
+
+
+@pytest.mark.parametrize(
+    ("stages", "error"), [(0, ValueError), (True, TypeError), ("2", TypeError)]
+)
+def test_bad_batch_stages_is_named(stages, error):
+    with pytest.raises(error, match=r"nnxopt\.solve: batch_stages must be"):
+        solve(family, jnp.zeros(N), jnp.eye(N), jnp.ones(N), 0.0, batch_stages=stages)
+
+
 @pytest.mark.slow
 def test_vmap_over_params_only():
     starts = jnp.asarray(np.random.default_rng(1).normal(size=(3, N)))

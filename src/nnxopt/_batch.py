@@ -11,7 +11,9 @@ select) and selects only the solver state per member (:func:`keep_running`);
 the history of a finished member is written at a dropped index. Unbatched,
 both hooks are the identity. Each member's iterates, counts and status are
 those of its own solve; a member that is done still computes the step (its
-loss evaluations included) while others run, and the result is thrown away.
+loss evaluations included) while others run, and the result is thrown away,
+unless ``batch_stages`` gathers the running members into smaller batches
+(``nnxopt._loop._staged``, a ``custom_vmap`` of the whole loop).
 
 What cannot be batched is static: the transform, ``maxiter`` (the history's
 length), the tolerances and budgets (one compiled loop), and the host side

@@ -131,18 +131,22 @@ class LoopOptions:
         maxiter: the solver's ``maxiter`` (it sets the history's length).
         hosted: a callback or progress bar runs on the host each iteration.
         history: the length of the history.
+        stages: ``batch_stages`` (see :func:`nnxopt.solve`).
     """
 
     maxiter: int
     hosted: bool = False
     history: int = 0
+    stages: int = 1
 
     @classmethod
-    def of(cls, maxiter: int, hosted: bool, history: int | None = None) -> LoopOptions:
+    def of(
+        cls, maxiter: int, hosted: bool, history: int | None = None, stages: int = 1
+    ) -> LoopOptions:
         """The options of a loop; the history has ``history`` entries, by
         default ``min(maxiter, MAX_HISTORY) + 1``."""
         length = min(maxiter, MAX_HISTORY) + 1 if history is None else history
-        return cls(maxiter, hosted, length)
+        return cls(maxiter, hosted, length, stages)
 
 
 def check_history(call: str, history: Any) -> None:
@@ -159,6 +163,20 @@ def check_history(call: str, history: Any) -> None:
         raise ValueError(
             f"{call}: history must be >= 1 (history=1 keeps only the latest "
             f"iterate); got {history!r}."
+        )
+
+
+def check_batch_stages(call: str, batch_stages: Any) -> None:
+    """Check ``batch_stages=`` (an int >= 1) before tracing."""
+    if isinstance(batch_stages, bool) or not isinstance(batch_stages, int | np.integer):
+        raise TypeError(
+            f"{call}: batch_stages must be an int >= 1 (1: one stage, the "
+            f"default; e.g. 3 under jax.vmap); got {batch_stages!r}."
+        )
+    if batch_stages < 1:
+        raise ValueError(
+            f"{call}: batch_stages must be >= 1 (1 runs the whole batch until "
+            f"its slowest member is done); got {batch_stages!r}."
         )
 
 
@@ -237,9 +255,201 @@ def run(
         return _batch.any_member(~solver.terminate(c.state)) & (c.steps < limit)
 
     nfev = history.nfev[jnp.minimum(state.nit - nit0, n - 1)]
+    if options.stages > 1 and not options.hosted:
+        return _staged(solver, state, history, nit0, nfev, args, kwargs, options, limit)
     init = _Carry(state, tuple(history), jnp.zeros((), _INT), nfev)
     out = jax.lax.while_loop(cond, body, init)
     return out.state, MinimizeHistory(*out.history)
+
+
+#: A staged batch stops halving at this many members.
+MIN_STAGE = 8
+
+
+def stage_sizes(members: int, stages: int) -> list[int]:
+    """The batch size of each stage: halved (rounded up) from ``members``, at
+    most ``stages`` of them, none below ``MIN_STAGE`` (unless the first)."""
+    sizes = [members]
+    while len(sizes) < stages and (sizes[-1] + 1) // 2 >= MIN_STAGE:
+        sizes.append((sizes[-1] + 1) // 2)
+    return sizes
+
+
+def _staged(
+    solver: Solver,
+    state: SolverState,
+    history: MinimizeHistory,
+    nit0: jax.Array,
+    nfev: jax.Array,
+    args: tuple,
+    kwargs: dict,
+    options: LoopOptions,
+    limit: jax.Array,
+) -> tuple[SolverState, MinimizeHistory]:
+    """The loop of :func:`run` in stages that halve the batch under ``vmap``
+    (``batch_stages``); unbatched, the same loop as :func:`run`'s.
+
+    The step and the termination test are traced once, per member, into
+    jaxprs whose captured values (the arguments, whatever ``fun`` closes over)
+    become explicit operands of a ``custom_vmap`` function, :class:`_Stages`:
+    unbatched it is the plain loop; its batching rule runs stage after stage,
+    each gathering the members still running into a smaller batch.
+    """
+
+    def advance(s_old: SolverState) -> tuple[SolverState, jax.Array]:
+        running = ~solver.terminate(s_old)
+        s = solver.step(s_old, *args, **kwargs)
+        accept = (s.nit > s_old.nit) & running
+        status = s.status.astype(_INT)
+        return _batch.keep_running(running, s._replace(status=status), s_old), accept
+
+    def running(s: SolverState) -> jax.Array:
+        return ~solver.terminate(s)
+
+    stages = _Stages(
+        jax.make_jaxpr(advance)(state),
+        jax.make_jaxpr(running)(state),
+        jax.tree.structure(state),
+        options,
+    )
+    loop = jax.custom_batching.custom_vmap(stages.plain)
+    loop.def_vmap(stages.rule)
+    s, h = loop(
+        stages.step_jaxpr.consts, stages.running_jaxpr.consts,
+        state, tuple(history), nit0, nfev, limit,
+    )  # fmt: skip
+    return s, MinimizeHistory(*h)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stages:
+    """The staged loop of one solve (see :func:`_staged`): ``plain`` and its
+    batching ``rule`` take the jaxprs' captured values as operands."""
+
+    step_jaxpr: Any  # ClosedJaxpr: state -> (state, accept)
+    running_jaxpr: Any  # ClosedJaxpr: state -> running
+    treedef: Any
+    options: LoopOptions
+
+    def step(self, consts: list, s: SolverState) -> tuple[SolverState, jax.Array]:
+        out = jax.core.eval_jaxpr(self.step_jaxpr.jaxpr, consts, *jax.tree.leaves(s))
+        return jax.tree.unflatten(self.treedef, out[:-1]), out[-1]
+
+    def running(self, consts: list, s: SolverState) -> jax.Array:
+        return jax.core.eval_jaxpr(
+            self.running_jaxpr.jaxpr, consts, *jax.tree.leaves(s)
+        )[0]
+
+    def record(
+        self, c: _Carry, s: SolverState, accept: jax.Array, nit0: jax.Array, rows: Any
+    ) -> _Carry:
+        """``c`` after the step to ``s``: entry ``nit - nit0`` of the history
+        (of the members ``rows`` of a batched one) holds the iterate."""
+        n = self.options.history
+        i = jnp.minimum(s.nit - nit0, n - 1)
+        nfev = jnp.where(accept, s.nfev, c.nfev)
+        values = (s.value, s.grad_norm, nfev)
+        if rows is None:
+            history = tuple(
+                jax.lax.dynamic_update_index_in_dim(h, v.astype(h.dtype), i, 0)
+                for h, v in zip(c.history, values, strict=True)
+            )
+        else:
+            history = tuple(
+                h.at[rows, i].set(v.astype(h.dtype))
+                for h, v in zip(c.history, values, strict=True)
+            )
+        return _Carry(s, history, c.steps + 1, nfev)
+
+    def plain(
+        self, step_c: list, run_c: list, state: SolverState, history: tuple,
+        nit0: jax.Array, nfev: jax.Array, limit: jax.Array,
+    ) -> tuple[SolverState, tuple]:  # fmt: skip
+        def body(c: _Carry) -> _Carry:
+            s, accept = self.step(step_c, c.state)
+            return self.record(c, s, accept, nit0, None)
+
+        def cond(c: _Carry) -> jax.Array:
+            return _batch.any_member(self.running(run_c, c.state)) & (c.steps < limit)
+
+        init = _Carry(state, history, jnp.zeros((), _INT), nfev)
+        out = jax.lax.while_loop(cond, body, init)
+        return out.state, out.history
+
+    def rule(
+        self, members: int, in_batched: list, step_c: list, run_c: list,
+        state: SolverState, history: tuple, nit0: jax.Array, nfev: jax.Array,
+        limit: jax.Array,
+    ) -> tuple:  # fmt: skip
+        operands = (step_c, run_c, state, history, nit0, nfev, limit)
+        sizes = stage_sizes(members, self.options.stages)
+        if len(sizes) == 1 or in_batched[-1]:  # one stage: the plain loop, vmapped
+            axes = jax.tree.map(lambda b: 0 if b else None, tuple(in_batched))
+            out = jax.vmap(self.plain, in_axes=axes)(*operands)
+            return out, jax.tree.map(lambda _: True, out)
+
+        def full(x: jax.Array, b: bool) -> jax.Array:
+            return x if b else jnp.broadcast_to(x, (members, *jnp.shape(x)))
+
+        _, _, state_b, history_b, nit0_b, nfev_b, _ = in_batched
+        c = _Carry(
+            jax.tree.map(full, state, state_b),
+            tuple(jax.tree.map(full, history, history_b)),
+            jnp.zeros((), _INT),
+            full(nfev, nfev_b),
+        )
+        nit0 = full(nit0, nit0_b)
+        batched = (in_batched[0], in_batched[1])
+        rows = None  # the members of the stage: all of them at first
+        for after in [*sizes[1:], 0]:
+            c = self._stage(c, (step_c, run_c), batched, nit0, rows, after, limit)
+            if after:
+                order = self._vrunning(run_c, batched[1], c.state)
+                rows = jnp.argsort(~order, stable=True)[:after]
+        return (c.state, c.history), (
+            jax.tree.map(lambda _: True, c.state),
+            (True,) * 3,
+        )
+
+    def _vrunning(self, run_c: list, run_b: list, s: SolverState) -> jax.Array:
+        axes = ([0 if b else None for b in run_b], 0)
+        return jax.vmap(self.running, in_axes=axes)(run_c, s)
+
+    def _stage(
+        self, c: _Carry, consts: tuple, batched: tuple, nit0: jax.Array,
+        rows: Any, after: int, limit: jax.Array,
+    ) -> _Carry:  # fmt: skip
+        """Step the members ``rows`` (all: ``None``) of the full carry ``c``
+        until at most ``after`` of them run; return the full carry."""
+
+        def take(x: jax.Array, b: bool = True) -> jax.Array:
+            return x[rows] if (b and rows is not None) else x
+
+        step_c, run_c = (
+            [take(x, b) for x, b in zip(xs, bs, strict=True)]
+            for xs, bs in zip(consts, batched, strict=True)
+        )
+        step_axes = ([0 if b else None for b in batched[0]], 0)
+        sub_nit0 = take(nit0)
+        # the history rows of the stage's members (scattered: it stays full)
+        at = jnp.arange(nit0.shape[0]) if rows is None else rows
+
+        def body(sc: _Carry) -> _Carry:
+            s, accept = jax.vmap(self.step, in_axes=step_axes)(step_c, sc.state)
+            return self.record(sc, s, accept, sub_nit0, at)
+
+        def cond(sc: _Carry) -> jax.Array:
+            count = jnp.sum(self._vrunning(run_c, batched[1], sc.state).astype(_INT))
+            return (count > after) & (sc.steps < limit)
+
+        sub = c._replace(state=jax.tree.map(take, c.state), nfev=take(c.nfev))
+        if rows is None:
+            return jax.lax.while_loop(cond, body, c)
+        sub = jax.lax.while_loop(cond, body, sub)
+        return sub._replace(
+            state=jax.tree.map(lambda x, y: x.at[rows].set(y), c.state, sub.state),
+            nfev=c.nfev.at[rows].set(sub.nfev),
+        )
 
 
 # ---------------------------------------------------------------------------

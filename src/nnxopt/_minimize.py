@@ -102,6 +102,7 @@ def minimize(
     graph: bool | None = None,
     state: SolverState | None = None,
     history: int | None = None,
+    batch_stages: int = 1,
     **kwargs: Any,
 ) -> MinimizeResult:
     """Minimize ``loss_fn(model, *args, **kwargs)`` over the ``wrt`` Variables.
@@ -171,6 +172,9 @@ def minimize(
             (needs the ``progress`` extra: ``pip install 'nnxopt[progress]'``).
         history: entries of ``result.history``, as in :func:`nnxopt.solve`
             (``None``: one per iteration; ``1``: the latest iterate only).
+        batch_stages: under ``jax.vmap`` (an ensemble), the stages that
+            gather the members still running into smaller batches, as in
+            :func:`nnxopt.solve` (``1``, the default: one stage).
         graph: NNX graph mode (``True``), tree mode (``False``) or the default.
         state: ``result.state`` of an earlier solve of the same model and loss,
             to resume it; the model's ``wrt`` values are replaced by the state's
@@ -214,6 +218,7 @@ def minimize(
         maxiter,
         prepare=_Prepare(objective),
         history=history,
+        batch_stages=batch_stages,
     )
     sol, written, counts, error = launch(
         make, params, state, dynamic,

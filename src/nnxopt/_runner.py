@@ -20,7 +20,7 @@ import optax
 
 from . import _bounds, _loop
 from ._cache import compiled, transform_key
-from ._loop import LoopOptions, MinimizeHistory, check_history
+from ._loop import LoopOptions, MinimizeHistory, check_batch_stages, check_history
 from ._solver import DEFAULT_MAXITER, Solver, SolverState, check_options, default_tx
 from ._status import is_success
 from ._tree import combine
@@ -67,6 +67,7 @@ def compiled_run(
     *,
     prepare: Callable[..., dict] | None = None,
     history: int | None = None,
+    batch_stages: int = 1,
 ) -> Callable[[bool], Runner]:
     """Return ``make(hosted)``, which returns the cached :class:`Runner`.
 
@@ -83,11 +84,12 @@ def compiled_run(
         )
     check_options(call, None, None, maxiter, None)
     check_history(call, history)
+    check_batch_stages(call, batch_stages)
     maxiter = DEFAULT_MAXITER if maxiter is None else int(maxiter)
     history = None if history is None else int(history)
 
     def make(hosted: bool) -> Runner:
-        options = LoopOptions.of(maxiter, hosted, history)
+        options = LoopOptions.of(maxiter, hosted, history, batch_stages)
         parts = _Parts(make_solver, tx, static, options, prepare)
         return compiled(
             (*key, transform_key(tx), static, options, prepare),

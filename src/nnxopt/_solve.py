@@ -133,6 +133,7 @@ def solve(
     state: SolverState | None = None,
     implicit: _implicit.ImplicitDiff | None = None,
     history: int | None = None,
+    batch_stages: int = 1,
     **kwargs: Any,
 ) -> Solution:
     """Minimize ``fun(params, *args, **kwargs)`` over a pytree of floating arrays.
@@ -189,6 +190,16 @@ def solve(
             (``history=1``: the latest only). The buffer is per call (per
             member under ``vmap``), so large batches of small solves pass a
             small one.
+        batch_stages: under ``jax.vmap``, run the batch in up to this many
+            stages: each runs until at most half of its members still run,
+            which then go on gathered into a batch half the size (down to 8
+            members), so finished members stop computing. Results are those
+            of one stage, bit for bit; each stage compiles the step once
+            more. ``1`` (default): every member computes until the slowest is
+            done. Unbatched, it changes nothing. For batches whose members
+            need very different numbers of iterations, e.g. ``3``: a
+            256-member batch of quadratics took 2.1x less time per call (see
+            ``docs/batched_and_implicit.md``).
         state: a ``Solution.state`` to resume from; ``params`` must then have
             the structure, shapes and dtypes of ``state.params``, whose values
             are used.
@@ -244,6 +255,7 @@ def solve(
         static,
         maxiter,
         history=history,
+        batch_stages=batch_stages,
     )
     solution, _, _, error = launch(
         run, params, state, dynamic,
