@@ -198,7 +198,7 @@ def solve(
             more. ``1`` (default): every member computes until the slowest is
             done. Unbatched, it changes nothing. For batches whose members
             need very different numbers of iterations, e.g. ``3``: a
-            256-member batch of quadratics took 2.1x less time per call (see
+            256-member batch of quadratics took 1.5-1.9x less time per call (see
             ``docs/batched_and_implicit.md``).
         state: a ``Solution.state`` to resume from; ``params`` must then have
             the structure, shapes and dtypes of ``state.params``, whose values
