@@ -217,6 +217,7 @@ def _fold_pair(
     state: BfgsState,
     s: jax.Array,
     y: jax.Array,
+    g_prev: jax.Array,
     measured: jax.Array,
     eps: Any,
 ) -> _Fold:
@@ -229,8 +230,9 @@ def _fold_pair(
     dtype = state.inv_hessian.dtype
     n = s.shape[0]
     sy, yy, ss = dot(s, y), dot(y, y), dot(s, s)
-    finite_pair = jnp.all(jnp.isfinite(s)) & jnp.all(jnp.isfinite(y))
-    pair_ok = qn.curvature_ok(measured, finite_pair, sy, yy, eps)
+    # A non-finite entry of s or y makes s·s or y·y non-finite (an inf times
+    # zero is nan), which curvature_ok rejects: no pass over s and y to check.
+    pair_ok = qn.curvature_ok(measured, jnp.isfinite(ss), sy, yy, eps)
     reset = qn.should_reset(measured, state.linesearch_state, ss, state.num_updates)
     num_updates = jnp.where(reset, 0, state.num_updates)
 
@@ -240,7 +242,6 @@ def _fold_pair(
     first = num_updates == 0
     gamma = jnp.where(first & pair_ok, gamma, 1).astype(dtype)
     # s·B s: exact for H = gamma I; for a step along -H g it is (s·g)^2 / g·H g.
-    g_prev = ravel(state.updates)[0].astype(dtype)
     ghg = state.grad_inv_hessian_grad
     sbs = jnp.where(first, ss / gamma, dot(s, g_prev) ** 2 / jnp.where(ghg > 0, ghg, 1))
     # The where keeps a stale H out of the arithmetic when it is not used.
@@ -513,9 +514,10 @@ def _update(
     flat_x = ravel(params)[0].astype(dtype)
     flat_anchor = ravel(state.params)[0].astype(dtype)
     s = flat_x - flat_anchor
-    y = flat_g - ravel(state.updates)[0].astype(dtype)
+    g_prev = ravel(state.updates)[0].astype(dtype)
+    y = flat_g - g_prev
     finite_now = qn.finite_point(flat_g, args.value)
-    fold = _fold_pair(config, state, s, y, (state.count > 0) & finite_now, eps)
+    fold = _fold_pair(config, state, s, y, g_prev, (state.count > 0) & finite_now, eps)
     radius = jnp.where(fold.folded, 1, state.radius).astype(dtype)
     flat_d, num_updates, bad_direction, ghg = _direction(
         fold, flat_g, radius, finite_now, config.scale_init_precond

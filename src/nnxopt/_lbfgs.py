@@ -140,9 +140,10 @@ def lbfgs(
     1. The pair ``s = x_k - x_{k-1}``, ``y = g_k - g_{k-1}`` is stored only if it
        is finite and ``s·y > eps·y·y`` (``optax.lbfgs`` stores every pair, so a
        non-convex step can make its direction an ascent one).
-    2. The direction is ``d = -H_k g_k`` with ``H_k^0 = gamma I``, ``gamma = s·y / y·y`` from the newest stored pair. With an
-       empty memory (first step, after a reset) ``gamma = min(1, 1/||g||)``: the
-       unit trial step has length at most 1. If ``d`` is non-finite or not a
+    2. The direction is ``d = -H_k g_k`` with ``H_k^0 = gamma I``, ``gamma =
+       s·y / y·y`` from the newest stored pair. With an empty memory (first
+       step, after a reset) ``gamma = min(1, 1/||g||)``: the unit trial step
+       has length at most 1. If ``d`` is non-finite or not a
        descent direction (``g·d >= 0``) the memory is reset and that scaled
        ``-g`` is used instead. ``H_k g_k`` comes from the two-loop recursion,
        or, for a memory of more than ``2**16`` elements (``memory_size``

@@ -87,6 +87,7 @@ def compiled_run(
     check_batch_stages(call, batch_stages)
     maxiter = DEFAULT_MAXITER if maxiter is None else int(maxiter)
     history = None if history is None else int(history)
+    batch_stages = int(batch_stages)
 
     def make(hosted: bool) -> Runner:
         options = LoopOptions.of(maxiter, hosted, history, batch_stages)
