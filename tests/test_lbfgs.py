@@ -111,17 +111,23 @@ def solver(name: str):
     counter = Counter()
     f = counted(fn, counter)
     opt = make()
-    if "lr1" in name:  # a fixed step: nothing to reuse from the state
-        vg = jax.jit(lambda x, state: jax.value_and_grad(f)(x))
-    else:
+    return opt, counter, *_jitted(opt, f, search="lr1" not in name)
+
+
+def _jitted(opt, f, search=True):
+    """Jitted ``vg(x, state) -> (value, grad)`` and ``step(x, state, value,
+    grad) -> (x, state)`` of ``opt`` on ``f``."""
+    if search:
         vg = jax.jit(optax.value_and_grad_from_state(f))
+    else:  # a fixed step: nothing to reuse from the state
+        vg = jax.jit(lambda x, state: jax.value_and_grad(f)(x))
 
     @jax.jit
     def step(x, state, value, grad):
         updates, state = opt.update(grad, state, x, value=value, grad=grad, value_fn=f)
         return optax.apply_updates(x, updates), state
 
-    return opt, counter, vg, step
+    return vg, step
 
 
 def solve(name, x0, maxiter, gtol=0.0):
@@ -234,16 +240,7 @@ def test_compact_form_equals_dense_inverse_hessian(num_pairs):
 
 def _hand_loop(opt, f, x0, steps, gtol=0.0, search=True):
     """Jitted ``opt`` steps on ``f`` from ``x0``; returns the iterates and states."""
-    if search:
-        vg = jax.jit(optax.value_and_grad_from_state(f))
-    else:  # a fixed step: nothing to reuse from the state
-        vg = jax.jit(lambda x, state: jax.value_and_grad(f)(x))
-
-    @jax.jit
-    def step(x, state, value, grad):
-        updates, state = opt.update(grad, state, x, value=value, grad=grad, value_fn=f)
-        return optax.apply_updates(x, updates), state
-
+    vg, step = _jitted(opt, f, search)
     x, state = x0, opt.init(x0)
     xs, states = [x], [state]
     for _ in range(steps):

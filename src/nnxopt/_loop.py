@@ -221,34 +221,9 @@ def run(
     n = options.history
 
     def body(c: _Carry) -> _Carry:
-        # True unbatched; under vmap, False for the members already done
-        running = ~solver.terminate(c.state)
-        s = solver.step(c.state, *args, **kwargs)
-        accept = (s.nit > c.state.nit) & running
-        status = s.status
-        if options.hosted:
-            stop = _host_step(run_id, accept, s)
-            stoppable = (
-                (status == Status.RUNNING)
-                | (status == Status.MAX_ITER)
-                | (status == Status.MAX_FEV)
-            )
-            status = jnp.where(accept & stop & stoppable, Status.CALLBACK_STOP, status)
-        # Under vmap the members already done keep their state (selected).
-        s = _batch.keep_running(
-            running, s._replace(status=status.astype(_INT)), c.state
-        )
-        # Entry nit - nit0 always holds the current iterate (a rejected step
-        # rewrites it with the same values, nfev included): an unconditional
-        # dynamic_update_slice, which XLA does in place. Past the end of the
-        # history, the last entry holds the latest iterate.
-        i = jnp.minimum(s.nit - nit0, n - 1)
-        nfev = jnp.where(accept, s.nfev, c.nfev)
-        history = tuple(
-            jax.lax.dynamic_update_index_in_dim(h, v.astype(h.dtype), i, 0)
-            for h, v in zip(c.history, (s.value, s.grad_norm, nfev), strict=True)
-        )
-        return _Carry(s, history, c.steps + 1, nfev)
+        hosted = run_id if options.hosted else None
+        s, accept = _advance(solver, c.state, args, kwargs, hosted)
+        return _record(c, s, accept, nit0, n)
 
     def cond(c: _Carry) -> jax.Array:
         # any member running (unbatched): no per-member select of the history
@@ -260,6 +235,57 @@ def run(
     init = _Carry(state, tuple(history), jnp.zeros((), _INT), nfev)
     out = jax.lax.while_loop(cond, body, init)
     return out.state, MinimizeHistory(*out.history)
+
+
+def _advance(
+    solver: Solver, s_old: SolverState, args: tuple, kwargs: dict, run_id: Any = None
+) -> tuple[SolverState, jax.Array]:
+    """One step of the loop from ``s_old``: ``(state, accepted)``; with a
+    ``run_id`` (a hosted loop), the callback may stop the solve."""
+    # True unbatched; under vmap, False for the members already done
+    running = ~solver.terminate(s_old)
+    s = solver.step(s_old, *args, **kwargs)
+    accept = (s.nit > s_old.nit) & running
+    status = s.status
+    if run_id is not None:
+        stop = _host_step(run_id, accept, s)
+        stoppable = (
+            (status == Status.RUNNING)
+            | (status == Status.MAX_ITER)
+            | (status == Status.MAX_FEV)
+        )
+        status = jnp.where(accept & stop & stoppable, Status.CALLBACK_STOP, status)
+    # Under vmap the members already done keep their state (selected).
+    s = _batch.keep_running(running, s._replace(status=status.astype(_INT)), s_old)
+    return s, accept
+
+
+def _record(
+    c: _Carry, s: SolverState, accept: jax.Array, nit0: jax.Array, n: int,
+    rows: Any = None,
+) -> _Carry:  # fmt: skip
+    """``c`` after the step to ``s``, ``n`` the history's length.
+
+    Entry ``nit - nit0`` always holds the current iterate (a rejected step
+    rewrites it with the same values, nfev included): an unconditional
+    ``dynamic_update_slice``, which XLA does in place; past the end of the
+    history, the last entry holds the latest iterate. ``rows``: the members
+    (rows of a batched history) that ``s`` holds, in a staged batch.
+    """
+    i = jnp.minimum(s.nit - nit0, n - 1)
+    nfev = jnp.where(accept, s.nfev, c.nfev)
+    values = (s.value, s.grad_norm, nfev)
+    if rows is None:
+        history = tuple(
+            jax.lax.dynamic_update_index_in_dim(h, v.astype(h.dtype), i, 0)
+            for h, v in zip(c.history, values, strict=True)
+        )
+    else:
+        history = tuple(
+            h.at[rows, i].set(v.astype(h.dtype))
+            for h, v in zip(c.history, values, strict=True)
+        )
+    return _Carry(s, history, c.steps + 1, nfev)
 
 
 #: A staged batch stops halving at this many members.
@@ -297,11 +323,7 @@ def _staged(
     """
 
     def advance(s_old: SolverState) -> tuple[SolverState, jax.Array]:
-        running = ~solver.terminate(s_old)
-        s = solver.step(s_old, *args, **kwargs)
-        accept = (s.nit > s_old.nit) & running
-        status = s.status.astype(_INT)
-        return _batch.keep_running(running, s._replace(status=status), s_old), accept
+        return _advance(solver, s_old, args, kwargs)
 
     def running(s: SolverState) -> jax.Array:
         return ~solver.terminate(s)
@@ -340,34 +362,13 @@ class _Stages:
             self.running_jaxpr.jaxpr, consts, *jax.tree.leaves(s)
         )[0]
 
-    def record(
-        self, c: _Carry, s: SolverState, accept: jax.Array, nit0: jax.Array, rows: Any
-    ) -> _Carry:
-        """``c`` after the step to ``s``: entry ``nit - nit0`` of the history
-        (of the members ``rows`` of a batched one) holds the iterate."""
-        n = self.options.history
-        i = jnp.minimum(s.nit - nit0, n - 1)
-        nfev = jnp.where(accept, s.nfev, c.nfev)
-        values = (s.value, s.grad_norm, nfev)
-        if rows is None:
-            history = tuple(
-                jax.lax.dynamic_update_index_in_dim(h, v.astype(h.dtype), i, 0)
-                for h, v in zip(c.history, values, strict=True)
-            )
-        else:
-            history = tuple(
-                h.at[rows, i].set(v.astype(h.dtype))
-                for h, v in zip(c.history, values, strict=True)
-            )
-        return _Carry(s, history, c.steps + 1, nfev)
-
     def plain(
         self, step_c: list, run_c: list, state: SolverState, history: tuple,
         nit0: jax.Array, nfev: jax.Array, limit: jax.Array,
     ) -> tuple[SolverState, tuple]:  # fmt: skip
         def body(c: _Carry) -> _Carry:
             s, accept = self.step(step_c, c.state)
-            return self.record(c, s, accept, nit0, None)
+            return _record(c, s, accept, nit0, self.options.history)
 
         def cond(c: _Carry) -> jax.Array:
             return _batch.any_member(self.running(run_c, c.state)) & (c.steps < limit)
@@ -436,16 +437,16 @@ class _Stages:
 
         def body(sc: _Carry) -> _Carry:
             s, accept = jax.vmap(self.step, in_axes=step_axes)(step_c, sc.state)
-            return self.record(sc, s, accept, sub_nit0, at)
+            return _record(sc, s, accept, sub_nit0, self.options.history, at)
 
         def cond(sc: _Carry) -> jax.Array:
             count = jnp.sum(self._vrunning(run_c, batched[1], sc.state).astype(_INT))
             return (count > after) & (sc.steps < limit)
 
         sub = c._replace(state=jax.tree.map(take, c.state), nfev=take(c.nfev))
-        if rows is None:
-            return jax.lax.while_loop(cond, body, c)
         sub = jax.lax.while_loop(cond, body, sub)
+        if rows is None:
+            return sub
         return sub._replace(
             state=jax.tree.map(lambda x, y: x.at[rows].set(y), c.state, sub.state),
             nfev=c.nfev.at[rows].set(sub.nfev),
